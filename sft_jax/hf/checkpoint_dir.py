@@ -1,0 +1,141 @@
+"""Reading a local Hugging Face model directory: config.json and safetensors weights.
+
+Only safetensors are read. Pickle checkpoints (`pytorch_model.bin`, `*.pt`) can run
+arbitrary code when loaded, so they are refused with a hint on how to convert them.
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import safetensors
+from safetensors import SafetensorError
+
+from sft_jax.errors import UserInputError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# safetensors dtype codes numpy lacks natively (the numpy loader raises on them).
+_RAW_DTYPES = {
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+}
+
+
+def model_dir_path(model_dir: str | Path) -> Path:
+    """`model_dir` as a Path, checked to be an existing directory."""
+    path = Path(model_dir).expanduser()
+    if not path.exists():
+        raise UserInputError(f"{path}: model directory does not exist")
+    if not path.is_dir():
+        raise UserInputError(f"{path}: not a directory (expected a Hugging Face model directory)")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """The model's `config.json` as a dict."""
+    path = model_dir_path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path}: missing (not a Hugging Face model directory?)")
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: expected a JSON object")
+    return config
+
+
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """The safetensors files holding the weights (one file, or the shards of an index)."""
+    root = model_dir_path(model_dir)
+    single, index = root / WEIGHTS_FILE, root / INDEX_FILE
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserInputError(f"{index}: no 'weight_map' object")
+        shards = [root / name for name in sorted(set(weight_map.values()))]
+        for shard in shards:
+            if not shard.is_file():
+                raise UserInputError(f"{shard}: missing (listed in {INDEX_FILE})")
+        return shards
+    pickles = sorted(p for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise UserInputError(
+            f"{pickles[0]}: pickle checkpoints are not loaded (safetensors only); convert it "
+            "with transformers where you trust the file: "
+            f"AutoModel.from_pretrained('{root}').save_pretrained('{root}', "
+            "safe_serialization=True)"
+        )
+    raise UserInputError(f"{root}: no {WEIGHTS_FILE} (or index) in model directory")
+
+
+def _read_raw(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Read tensors of dtypes numpy lacks (bfloat16, fp8) straight from the file layout:
+    u64 header size, JSON header {name: {dtype, shape, data_offsets}}, then the data."""
+    with path.open("rb") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_size))
+        start = 8 + header_size
+        out = {}
+        for name in names:
+            info = header[name]
+            begin, end = info["data_offsets"]
+            dtype = np.dtype(_RAW_DTYPES[info["dtype"]])
+            f.seek(start + begin)
+            data = np.frombuffer(f.read(end - begin), dtype=dtype)
+            out[name] = data.reshape(info["shape"]).copy()
+    return out
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with safetensors.safe_open(str(path), framework="np") as f:
+            tensors, raw = {}, []
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if f.get_slice(name).get_dtype() in _RAW_DTYPES:
+                    raw.append(name)
+                else:
+                    tensors[name] = f.get_tensor(name)
+    except (SafetensorError, OSError) as err:
+        raise UserInputError(f"{path}: cannot read safetensors file: {err}") from err
+    if raw:
+        tensors.update(_read_raw(path, raw))
+    return tensors
+
+
+def load_state_dict(model_dir: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint, by Hugging Face name, as numpy arrays.
+
+    bfloat16 / fp8 tensors come back as `ml_dtypes` arrays (cast them with `.astype`).
+    """
+    state: dict[str, np.ndarray] = {}
+    for path in weight_files(model_dir):
+        state.update(_read_safetensors(path))
+    return state
+
+
+def save_state_dict(
+    state: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write `state` as one safetensors file (arrays made contiguous first)."""
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    save_file(arrays, str(path), metadata={"format": "pt", **(metadata or {})})

@@ -1,0 +1,352 @@
+"""Shared transformer pieces: dense with logical axes, norms, embeddings, masks, attention.
+
+Einsum alphabet (the one used everywhere in `sft_jax.models`):
+
+    B batch    T query length   S key length   N query heads   K key/value heads
+    G query heads per kv head (N = K * G)       H head dim      D model dim
+    F mlp dim  V vocab
+
+e.g. `jnp.einsum('BTNH,BSNH->BNTS', q, k)`. Shapes are written as trailing comments
+(`# B T D`). Every parameter is created through `nn.with_logical_partitioning` with the
+names from `axes.py`.
+
+Masks are boolean, True = may attend, shaped to broadcast against the attention logits
+[B, N, T, S] (usually [B, 1, T, S] or [B, 1, 1, S]). Build them with `padding_mask`,
+`causal_mask`, `segment_mask` and join them with `combine_masks`, so that an encoder
+(padding), a decoder (causal + padding) and a packed batch (segment ids) all feed the same
+`Attention`. An additive `bias` (e.g. T5 relative positions) goes in separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sft_jax.models import axes
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+DEFAULT_INIT: Initializer = nn.initializers.normal(0.02)  # BERT's initializer_range
+
+# HF `hidden_act` name -> function. `gelu` is the exact erf form, `gelu_new` /
+# `gelu_pytorch_tanh` the tanh approximation.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return (x,) if isinstance(x, int) else tuple(x)
+
+
+class DenseGeneral(nn.Module):
+    """`y = x · W + b` contracting the last `in_dims` axes of `x` against W's first axes.
+
+    Unlike `nn.DenseGeneral`, the kernel is created with its full shape (no flattening), so
+    the logical names always match the array rank.
+
+    Attributes:
+      features: output shape (an int or a tuple, e.g. `(N, H)` for a q projection).
+      kernel_axes: logical names of the kernel, input dims first, then output dims.
+      in_dims: how many trailing input axes are contracted (2 for an out projection
+        `[.., N, H] -> [.., D]`).
+    """
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    in_dims: int = 1
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = DEFAULT_INIT
+    bias_init: Initializer = nn.initializers.zeros_init()
+    precision: jax.lax.Precision | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = _as_tuple(self.features)
+        in_shape = x.shape[x.ndim - self.in_dims :]
+        kernel_shape = in_shape + features
+        if len(self.kernel_axes) != len(kernel_shape):
+            raise ValueError(f"kernel_axes {self.kernel_axes} do not match shape {kernel_shape}")
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            kernel_shape,
+            self.param_dtype,
+        )
+        x = x.astype(self.dtype)
+        kernel = jnp.asarray(kernel, self.dtype)
+        contract = (
+            tuple(range(x.ndim - self.in_dims, x.ndim)),
+            tuple(range(self.in_dims)),
+        )
+        y = jax.lax.dot_general(x, kernel, (contract, ((), ())), precision=self.precision)
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(self.bias_init, self.kernel_axes[self.in_dims :]),
+                features,
+                self.param_dtype,
+            )
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
+def layer_norm(
+    *, epsilon: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None
+) -> nn.LayerNorm:
+    """LayerNorm over the last axis (D) with ('embed',) scale and bias.
+
+    Statistics are computed in float32 with the two-pass variance (as PyTorch does), so
+    fp32 parity with Hugging Face holds to ~1e-6.
+    """
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.EMBED,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.EMBED,)),
+        name=name,
+    )
+
+
+def embed(
+    num_embeddings: int,
+    features: int,
+    *,
+    row_axis: str,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    init: Initializer = DEFAULT_INIT,
+    name: str | None = None,
+) -> nn.Embed:
+    """A lookup table [num_embeddings, D] named (row_axis, 'embed')."""
+    return nn.Embed(
+        num_embeddings=num_embeddings,
+        features=features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(init, (row_axis, axes.EMBED)),
+        name=name,
+    )
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def padding_mask(key_mask: Array) -> Array:
+    """[B, S] (1 = token, 0 = padding) -> bool [B, 1, 1, S]: queries see only real keys."""
+    return key_mask.astype(bool)[:, None, None, :]
+
+
+def causal_mask(length: int, key_length: int | None = None) -> Array:
+    """bool [1, 1, T, S]: query t sees keys s <= t + (S - T) (S > T when keys are cached)."""
+    key_length = length if key_length is None else key_length
+    t = jnp.arange(length)[:, None] + (key_length - length)
+    s = jnp.arange(key_length)[None, :]
+    return (s <= t)[None, None]
+
+
+def segment_mask(query_segments: Array, key_segments: Array | None = None) -> Array:
+    """bool [B, 1, T, S]: same non-zero segment id (packed batches; 0 = padding)."""
+    key_segments = query_segments if key_segments is None else key_segments
+    same = query_segments[:, :, None] == key_segments[:, None, :]
+    return (same & (key_segments[:, None, :] != 0))[:, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the given boolean masks (None entries are skipped)."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+# ------------------------------------------------------------------------- attention
+
+
+def dot_product_attention(
+    query: Array,  # B T N H
+    key: Array,  # B S K H
+    value: Array,  # B S K H
+    *,
+    mask: Array | None = None,  # bool, broadcastable to B N T S
+    bias: Array | None = None,  # additive, broadcastable to B N T S
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    dtype: Dtype = jnp.float32,
+) -> Array:  # B T N H
+    """Scaled dot-product attention with grouped-query support (N = K * G).
+
+    Query head n reads key/value head n // G, as Hugging Face's `repeat_kv` does. Logits
+    and softmax run in float32; masked logits are set to float32's min (HF adds the
+    dtype's min), so a row without any visible key is uniform rather than NaN.
+    Attention-probability dropout is applied when `dropout_rng` is given.
+    """
+    b, t, n, h = query.shape
+    k_heads = key.shape[2]
+    if n % k_heads:
+        raise ValueError(f"{n} query heads are not a multiple of {k_heads} kv heads")
+    g = n // k_heads
+    scale = h**-0.5 if scale is None else scale
+    q = query.reshape(b, t, k_heads, g, h)  # B T K G H
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key, preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, n, t, -1) * scale  # B N T S
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)  # B N T S
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = probs.astype(dtype).reshape(b, k_heads, g, t, -1)  # B K G T S
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(dtype))
+    return out.reshape(b, t, n, h)  # B T N H
+
+
+QKTransform = Callable[[Array, Array], tuple[Array, Array]]
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention: q/k/v projections, attention, out projection.
+
+    Parameters (logical names): query ('embed','heads','kv'), key/value ('embed','heads',
+    'kv') or ('embed','kv_heads','kv') when `num_kv_heads` differs, out ('heads','kv',
+    'embed'); biases drop the input axes.
+
+    Reuse: Llama passes `num_kv_heads`, `use_bias=False` and a `qk_transform` applying
+    rotary embeddings; T5 passes `scale=1.0` and a relative-position `bias`; a decoder
+    passes `combine_masks(causal_mask(T), padding_mask(m))`.
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    scale: float | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = DEFAULT_INIT
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,  # B T D
+        inputs_kv: Array | None = None,  # B S D (None: self-attention)
+        *,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        qk_transform: QKTransform | None = None,
+        deterministic: bool = True,
+    ) -> Array:  # B T D
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        model_dim = inputs_q.shape[-1]
+        kv_heads = self.num_kv_heads or self.num_heads
+        kv_head_axis = axes.HEADS if kv_heads == self.num_heads else axes.KV_HEADS
+
+        def proj(name: str, heads: int, head_axis: str) -> DenseGeneral:
+            return DenseGeneral(
+                features=(heads, self.head_dim),
+                kernel_axes=(axes.EMBED, head_axis, axes.KV),
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=self.kernel_init,
+                name=name,
+            )
+
+        q = proj("query", self.num_heads, axes.HEADS)(inputs_q)  # B T N H
+        k = proj("key", kv_heads, kv_head_axis)(inputs_kv)  # B S K H
+        v = proj("value", kv_heads, kv_head_axis)(inputs_kv)  # B S K H
+        q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+        if qk_transform is not None:
+            q, k = qk_transform(q, k)
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            bias=bias,
+            scale=self.scale,
+            dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng,
+            dtype=self.dtype,
+        )  # B T N H
+        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
+        return DenseGeneral(
+            features=model_dim,
+            kernel_axes=(axes.HEADS, axes.KV, axes.EMBED),
+            in_dims=2,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            name="out",
+        )(out)  # B T D
+
+
+class Mlp(nn.Module):
+    """Feed-forward block `wo(act(wi(x)))`, or gated `wo(act(wi_0(x)) * wi_1(x))` (Llama).
+
+    Parameters: wi / wi_0 / wi_1 ('embed','mlp'), wo ('mlp','embed').
+    """
+
+    hidden_dim: int
+    activation: str = "gelu"
+    gated: bool = False
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = DEFAULT_INIT
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:  # B T D -> B T D
+        def dense(features: int, kernel_axes: tuple[str, str], name: str) -> DenseGeneral:
+            return DenseGeneral(
+                features=features,
+                kernel_axes=kernel_axes,
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=self.kernel_init,
+                name=name,
+            )
+
+        act = ACTIVATIONS[self.activation]
+        if self.gated:
+            h = act(dense(self.hidden_dim, (axes.EMBED, axes.MLP), "wi_0")(x))
+            h = h * dense(self.hidden_dim, (axes.EMBED, axes.MLP), "wi_1")(x)  # B T F
+        else:
+            h = act(dense(self.hidden_dim, (axes.EMBED, axes.MLP), "wi")(x))  # B T F
+        h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
+        return dense(x.shape[-1], (axes.MLP, axes.EMBED), "wo")(h)  # B T D
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters in a (possibly boxed) tree."""
+    leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
+    return int(sum(np.prod(x.shape) for x in leaves))

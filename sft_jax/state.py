@@ -1,0 +1,110 @@
+"""`TrainState` and its initialisation straight into its shardings.
+
+The full state is never built on the host: `jax.eval_shape` gives the abstract tree with
+logical axis names, the rules give each leaf a `NamedSharding`, and a jitted init writes
+every leaf directly where it lives. Pretrained weights are then placed leaf by leaf, each
+process copying only the slices its devices hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from sft_jax import parallel
+from sft_jax.errors import UserInputError
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates done
+    params: Any
+    opt_state: Any
+
+
+def _place(value: np.ndarray, like: jax.Array, sharding, where: str) -> jax.Array:
+    value = np.asarray(value)
+    if value.shape != like.shape:
+        raise UserInputError(
+            f"{where}: checkpoint shape {value.shape} does not match the model's {like.shape}"
+        )
+    value = value.astype(like.dtype)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def overlay(params, pretrained: Mapping, shardings, prefix: str = "") -> Any:
+    """Replaces the leaves of `params` found in the nested dict `pretrained`."""
+    if not isinstance(pretrained, Mapping):
+        return _place(pretrained, params, shardings, prefix.rstrip("/"))
+    out = dict(params)
+    for key, sub in pretrained.items():
+        if key not in params:
+            raise UserInputError(f"checkpoint: parameter {prefix}{key} does not exist in the model")
+        out[key] = overlay(params[key], sub, shardings[key], f"{prefix}{key}/")
+    return out
+
+
+def create_train_state(
+    module: nn.Module,
+    init_batch: Mapping[str, np.ndarray],
+    pretrained: Mapping | None,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    rules,
+    seed: int,
+) -> tuple[TrainState, Any]:
+    """Returns the state, sharded over `mesh`, and the tree of its shardings."""
+
+    def init_params(rng):
+        return module.init({"params": rng, "dropout": rng}, **init_batch)["params"]
+
+    rng = jax.random.key(seed)
+    boxed = jax.eval_shape(init_params, rng)
+    p_shardings = parallel.param_shardings(boxed, mesh, rules)
+    params = jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=p_shardings)(rng)
+    if pretrained:
+        params = overlay(params, pretrained, p_shardings)
+
+    def init_state(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init_state, params)
+    shardings = _state_shardings(abstract, p_shardings, mesh)
+    state = jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
+    return state, shardings
+
+
+def _state_shardings(abstract: TrainState, p_shardings, mesh: Mesh):
+    """Optimizer moments (subtrees shaped like the params) follow the params' shardings;
+    counters and other small leaves are replicated."""
+    params_def = jax.tree.structure(abstract.params)
+
+    def is_param_tree(x) -> bool:
+        return jax.tree.structure(x) == params_def
+
+    opt = jax.tree.map(
+        lambda x: p_shardings if is_param_tree(x) else parallel.replicated(mesh),
+        abstract.opt_state,
+        is_leaf=is_param_tree,
+    )
+    return TrainState(step=parallel.replicated(mesh), params=p_shardings, opt_state=opt)
+
+
+def abstract_like(tree, shardings) -> Any:
+    """ShapeDtypeStructs carrying `shardings`: the restore target of a checkpoint."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def param_count(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+

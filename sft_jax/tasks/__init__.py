@@ -1,0 +1,64 @@
+"""Task families: the only code that knows both the data and the model.
+
+A task turns records into features, owns the loss, the per-row eval outputs, the metrics,
+the predictions file and the export. The train loop (`sft_jax.train`) only calls this
+interface, so it never branches on a task or a model name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from sft_jax.errors import UserInputError
+
+# Name -> "module:Class", resolved late so that importing one task never imports another.
+TASKS = {
+    "classification": "sft_jax.tasks.classification:ClassificationTask",
+}
+
+
+class Task(Protocol):
+    module: nn.Module
+    pad_values: Mapping[str, int]  # pad value of each [B, L] feature
+
+    def init_batch(self) -> dict[str, np.ndarray]:
+        """A small batch with the right keys and dtypes, for `module.init`."""
+
+    def pretrained_params(self) -> Mapping | None:
+        """Nested dict of numpy arrays overriding the fresh init (the checkpoint's weights)."""
+
+    def train_features(self) -> Sequence[dict] | None:
+        """Training examples (features are built lazily, per process), or None."""
+
+    def eval_features(self) -> dict[str, Sequence[dict]]:
+        """Evaluation splits by name."""
+
+    def loss_fn(self, params, batch: dict, rng: jax.Array, deterministic: bool):
+        """(loss summed over the batch, {"weight": number of loss terms})."""
+
+    def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:
+        """Per-row outputs, [B, ...] each, including "index" and "example_mask"."""
+
+    def evaluate(self, split: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Metrics of a split from the per-example outputs (in example order)."""
+
+    def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path) -> None:
+        ...
+
+    def export(self, out_dir: Path, params) -> None:
+        """A Hugging Face directory for the trained model."""
+
+
+def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
+    if config.task not in TASKS:
+        raise UserInputError(f"task: unknown task {config.task!r} (known: {sorted(TASKS)})")
+    module_name, class_name = TASKS[config.task].split(":")
+    return getattr(importlib.import_module(module_name), class_name)(config, workdir)

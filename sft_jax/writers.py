@@ -1,0 +1,82 @@
+"""Where a run reports: metrics.jsonl, TensorBoard event files and a progress bar.
+
+Only process 0 writes. Each logged event is one JSON object per line of
+`workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}.
+Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | jax.Array):
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricWriter:
+    def __init__(self, workdir: str | Path):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **_jsonable(metrics)}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            if np.ndim(value) == 0 and isinstance(record[name], int | float):
+                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar over optimizer steps: step, loss, steps/s and ETA."""
+
+    def __init__(self, start: int, total: int, enabled: bool):
+        self.bar = None
+        if enabled and jax.process_index() == 0 and total > start:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+        self.last = time.perf_counter()
+
+    def update(self, loss: float | None = None) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

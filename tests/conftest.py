@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny BERT checkpoint directory (written by transformers PyTorch)
+and a tiny, learnable sentiment corpus, both generated on the fly."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["good", "great", "superb", "lovely", "fun", "moving"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy"]
+NEUTRAL = ["the", "a", "movie", "film", "plot", "actors", "was", "is", "very", "quite"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL]
+
+
+def write_tiny_bert(path: Path, seed: int = 0, **overrides) -> Path:
+    """A random tiny BertModel saved by transformers (safetensors) with its tokenizer."""
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 64}))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    assert tokenizer.convert_tokens_to_ids("good") == VOCAB.index("good")
+    tokenizer.save_pretrained(path)
+    settings = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, intermediate_size=48, max_position_embeddings=64,
+                    type_vocab_size=2)
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = transformers.BertModel(transformers.BertConfig(**settings))
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def write_tiny_corpus(path: Path, sizes=(64, 32, 32), seed: int = 0) -> Path:
+    """train/validation/test JSONL with {"text", "label"}; the label is decided by one word."""
+    rng = random.Random(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "validation", "test"), sizes, strict=True):
+        with (path / f"{split}.jsonl").open("w") as f:
+            for i in range(n):
+                positive = (i + rng.randint(0, 1)) % 2 == 0
+                words = rng.sample(NEUTRAL, rng.randint(1, 6))
+                words.insert(rng.randint(0, len(words)),
+                             rng.choice(POSITIVE if positive else NEGATIVE))
+                f.write(json.dumps({"text": " ".join(words),
+                                    "label": "pos" if positive else "neg"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str = "classification", arg: str | None = "runlocal"):
+    """`configs/<name>.py:get_config(arg)`, as the CLI would load it."""
+    import importlib.util
+
+    path = REPO / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def tiny_overrides(model_dir: Path, corpus_dir: Path) -> dict:
+    """Config overrides for a fast, deterministic run on the tiny model and corpus."""
+    return {
+        "model.checkpoint": str(model_dir),
+        "model.dropout": 0.0,
+        "data.train": str(corpus_dir / "train.jsonl"),
+        "data.validation": str(corpus_dir / "validation.jsonl"),
+        "data.test": str(corpus_dir / "test.jsonl"),
+        "train.progress_bar": False,
+    }
+
+
+def apply_overrides(config, overrides: dict):
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def cli_args(overrides: dict) -> list[str]:
+    return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def read_metrics(workdir: Path, split: str = "train") -> list[dict]:
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
