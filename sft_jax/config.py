@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.test = ""
     config.data.max_length = 128
     config.data.buckets = ()  # padded lengths; () = powers of two up to max_length
+    # >1: sort each window of this many global batches by length before batching (less
+    # padding; batch order is still shuffled). 0 = plain shuffling.
+    config.data.group_by_length = 0
     config.data.tfds_data_dir = ""
     config.data.limit_train = 0  # >0: keep only the first N training records
     config.data.limit_eval = 0  # >0: keep only the first N records of each eval split

@@ -15,6 +15,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from sft_jax.errors import UserInputError
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, export.")
 config_flags.DEFINE_config_file("config", None, "Task config file.", lock_config=True)
@@ -31,9 +33,14 @@ def main(argv: list[str]) -> None:
     if not FLAGS.workdir:
         _fail("--workdir is required")
     from sft_jax import parallel, train
-    from sft_jax.errors import UserInputError
 
-    config = FLAGS.config
+    if FLAGS.config is None:
+        _fail("--config is required, e.g. --config=configs/classification.py")
+    try:
+        config = FLAGS.config
+        config.task  # noqa: B018  (a config file that failed to load raises here)
+    except OSError as err:
+        _fail(f"--config: {' '.join(str(err).split())}")
     try:
         parallel.initialize_distributed(config)
         parallel.log_devices()
@@ -49,12 +56,28 @@ def main(argv: list[str]) -> None:
     print(f"outputs: {FLAGS.workdir}")
 
 
+def _flag_error(exc: Exception, argv: list[str]) -> str:
+    """One line for a flag or config-override error, naming the `--config.KEY` at fault."""
+    text = str(exc).replace("\\'", "'").replace("\\n", " ")
+    message = " ".join(text.split()).strip("'\"")
+    if isinstance(exc, UserInputError):
+        return message
+    for arg in argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            key = arg[len("--config."):].split("=", 1)[0]
+            if f"'{key.rsplit('.', 1)[-1]}'" in text or key in text:
+                return f"--config.{key}: no such config key or bad value ({message})"
+    return message
+
+
 def run() -> None:
     """Entry point (`python -m sft_jax.main`, `sft-jax`): flag errors exit with status 2."""
     try:
         argv = FLAGS(sys.argv)
-    except flags.Error as exc:  # unknown flag or config key, bad value, config file error
-        _fail(" ".join(str(exc).split()))
+    except (flags.Error, UserInputError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        # absl reports a bad flag as flags.Error; ml_collections raises AttributeError or
+        # KeyError for an unknown config key and TypeError/ValueError for a bad value.
+        _fail(_flag_error(exc, sys.argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     main(argv)
 

@@ -140,6 +140,8 @@ class Trainer:
             pad_values=self.task.pad_values,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            lengths=self.task.train_lengths() if self.config.data.group_by_length > 1 else None,
+            group_batches=int(self.config.data.group_by_length),
         )
 
     def _device_batch(self, batch: dict, micro_batches: int | None) -> dict:

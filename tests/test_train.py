@@ -193,3 +193,52 @@ def test_two_processes_train_like_one(tmp_path, tiny):
         assert p.returncode == 0, err[-4000:]
     np.testing.assert_allclose(train_losses(tmp_path / "multi"),
                                train_losses(tmp_path / "single"), atol=1e-5, rtol=0)
+
+
+def test_train_and_evaluate_on_tfds_data(tmp_path, tiny_bert_dir, tiny_corpus_dir):
+    """A prepared (array_record) tfds dataset, read without TensorFlow, trains and evaluates."""
+    import tensorflow_datasets as tfds
+
+    from sft_jax import train
+
+    def rows(split):
+        lines = (tiny_corpus_dir / f"{split}.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    class SftJaxTinySentiment(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "sentence": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=["neg", "pos"]),
+            }))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in ("train", "test")}
+
+        def _generate_examples(self, split):
+            for i, row in enumerate(rows(split)):
+                yield i, {"sentence": row["text"], "label": row["label"]}
+
+    data_dir = tmp_path / "tfds"
+    SftJaxTinySentiment(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    overrides = {
+        **tiny_overrides(tiny_bert_dir, tiny_corpus_dir),
+        "data.train": "tfds:sft_jax_tiny_sentiment:train",
+        "data.validation": "tfds:sft_jax_tiny_sentiment:test[:50%]",
+        "data.test": "tfds:sft_jax_tiny_sentiment:test",
+        "data.tfds_data_dir": str(data_dir),
+        "data.text_field": "sentence",
+        "train.steps": 4,
+        "optim.learning_rate": 5e-3,
+    }
+    results = train.train_and_evaluate(apply_overrides(load_config(), overrides),
+                                       tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["0", "1"]
+    assert sum(results["test"][f"support/{c}"] for c in ("0", "1")) == 32
+    assert sum(results["validation"][f"support/{c}"] for c in ("0", "1")) == 16
+    predictions = (tmp_path / "run" / "predictions" / "test.jsonl").read_text().splitlines()
+    first = json.loads(predictions[0])
+    assert first["where"] == "tfds:sft_jax_tiny_sentiment:test[0]"
+    assert first["sentence"] in {row["text"] for row in rows("test")}

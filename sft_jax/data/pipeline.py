@@ -10,7 +10,8 @@ compiles one program per bucket:
     index            [B]    int32, eval only: position in `features`, -1 for filler
 
 Sharding contract (train and eval): the order of one epoch (a seeded permutation π of the
-N examples for training, the identity for eval) defines global batch s = π[s*G:(s+1)*G];
+N examples for training — optionally sorted by length inside windows of a few batches,
+whose batches are then shuffled — the identity for eval) defines global batch s = π[s*G:(s+1)*G];
 process p of P yields the local batch of G/P examples π[s*G + j] with j ≡ p (mod P). The
 union of all processes' local batches at step s is the global batch one process would see
 with P = 1, and each process only reads (and `transform`s) its own examples.
@@ -164,7 +165,10 @@ class TrainIterator:
     """Infinite iterator of padded local training batches; see the module docstring.
 
     Each epoch is shuffled with a permutation seeded from (seed, epoch) (identity when
-    `shuffle=False`) and yields `steps_per_epoch(N, G)` batches of `G / P` examples.
+    `shuffle=False`); with `lengths` (a cheap per-example length, e.g. characters) and
+    `group_batches=k > 1`, each window of k global batches is sorted by length before it
+    is cut into batches, and the batches are shuffled. An epoch yields
+    `steps_per_epoch(N, G)` batches of `G / P` examples.
     `transform` (e.g. tokenization) is applied lazily, only to this process's examples.
     `get_state()` is `{"seed", "epoch", "step", "num_examples", "global_batch_size"}`,
     JSON-serialisable and the same on every process; `set_state` resumes exactly.
@@ -182,6 +186,8 @@ class TrainIterator:
         process_count: int = 1,
         shuffle: bool = True,
         transform: Transform | None = None,
+        lengths: Sequence[int] | None = None,
+        group_batches: int = 0,
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -197,16 +203,41 @@ class TrainIterator:
         self._shuffle, self._transform = shuffle, transform
         self._seed, self._epoch, self._step = int(seed), 0, 0
         self._ds: grain.MapDataset | None = None  # this epoch's batches, built lazily
+        if group_batches > 1 and lengths is None:
+            raise ValueError("group_batches needs the examples' lengths")
+        self._lengths = None if lengths is None else np.asarray(lengths)
+        self._group = int(group_batches)
 
     @property
     def steps_per_epoch(self) -> int:
         return self._steps
 
+    def _grouped_order(self, epoch: int) -> list[int]:
+        """Shuffled, then sorted by length inside windows of `group` global batches, then
+        the batches shuffled: batches of similar lengths pad far less (as HF's
+        `group_by_length` or tf.data's bucketing), in an order every process derives from
+        (seed, epoch) and the lengths alone."""
+        seed = _epoch_seed(self._seed, epoch)
+        perm = grain.MapDataset.source(range(len(self._features))).shuffle(seed=seed)
+        order = np.fromiter((perm[i] for i in range(self._steps * self._global)), np.int64)
+        window = self._group * self._global
+        for start in range(0, len(order), window):
+            chunk = order[start:start + window]
+            order[start:start + window] = chunk[np.argsort(self._lengths[chunk], kind="stable")]
+        batches = order.reshape(self._steps, self._global)
+        batches = batches[np.random.default_rng(seed).permutation(self._steps)]
+        return batches.reshape(-1).tolist()
+
     def _epoch_dataset(self, epoch: int) -> grain.MapDataset:
-        ds = grain.MapDataset.source(self._features)
-        if self._shuffle:
-            ds = ds.shuffle(seed=_epoch_seed(self._seed, epoch))
-        ds = ds[: self._steps * self._global][self._p :: self._pc]  # this process's share
+        if self._group > 1 and self._shuffle:
+            order = self._grouped_order(epoch)
+            ds = grain.MapDataset.source(order)[self._p :: self._pc]
+            ds = ds.map(self._features.__getitem__)
+        else:
+            ds = grain.MapDataset.source(self._features)
+            if self._shuffle:
+                ds = ds.shuffle(seed=_epoch_seed(self._seed, epoch))
+            ds = ds[: self._steps * self._global][self._p :: self._pc]  # this process's share
         if self._transform is not None:
             ds = ds.map(self._transform)
         return ds.batch(self._local, drop_remainder=True, batch_fn=self._pad)

@@ -38,6 +38,9 @@ class Task(Protocol):
     def train_features(self) -> Sequence[dict] | None:
         """Training examples (features are built lazily, per process), or None."""
 
+    def train_lengths(self) -> Sequence[int] | None:
+        """A cheap length per training example (e.g. characters), for length grouping."""
+
     def eval_features(self) -> dict[str, Sequence[dict]]:
         """Evaluation splits by name."""
 

@@ -168,6 +168,11 @@ class ClassificationTask:
             return None
         return LazyMap(self.records["train"], self._features)
 
+    def train_lengths(self) -> Sequence[int] | None:
+        if "train" not in self.records:
+            return None
+        return [sum(len(str(r[f])) for f in self.fields) for r in self.records["train"]]
+
     def eval_features(self) -> dict[str, Sequence[dict]]:
         return {split: LazyMap(records, self._features)
                 for split, records in self.records.items() if split != "train"}
