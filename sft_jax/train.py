@@ -244,6 +244,7 @@ class Trainer:
                                             f"command")
         finally:
             progress.close()
+            self.checkpoints.wait()  # a save in flight completes before any exit
 
         if self.total_steps > 0:
             self._save(step, iterator)

@@ -242,3 +242,31 @@ def test_train_and_evaluate_on_tfds_data(tmp_path, tiny_bert_dir, tiny_corpus_di
     first = json.loads(predictions[0])
     assert first["where"] == "tfds:sft_jax_tiny_sentiment:test[0]"
     assert first["sentence"] in {row["text"] for row in rows("test")}
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny):
+    import signal
+    import time
+
+    overrides = {**tiny, "train.steps": 400, "checkpoint.every": 1000, "train.eval_every": 0,
+                 "checkpoint.export": False, "eval.splits": "()"}
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "sft_jax.main", "--config=configs/classification.py:runlocal",
+           f"--workdir={tmp_path}", *cli_args(overrides)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+            (tmp_path / "metrics.jsonl").exists() and read_metrics(tmp_path)):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted: stopped at step" in err
+    stopped_at = int(err.split("interrupted: stopped at step ")[1].split(";")[0])
+    assert 1 <= stopped_at < 400
+    assert (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
+
+    check(run_cli(tmp_path, {**overrides, "train.steps": stopped_at + 2}))
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
