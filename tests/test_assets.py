@@ -2,6 +2,7 @@
 cache dir (`$SFT_JAX_CACHE` or ~/.cache/sft_jax) so later runs do not download again."""
 
 import collections
+import hashlib
 import json
 import random
 import re
@@ -118,8 +119,8 @@ def test_minilm_is_a_hugging_face_bert_dir():
 
 
 def test_unknown_asset_lists_known_names():
-    with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: minilm-l6, "
-                       r"rotten-tomatoes\)$"):
+    with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: chitchat, "
+                       r"minilm-l6, rotten-tomatoes, smollm2-135m-instruct\)$"):
         assets.fetch("nope")
     assert assets.is_asset("rotten-tomatoes") and not assets.is_asset("nope")
 
@@ -161,3 +162,126 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert assets.cache_dir() == tmp_path
     monkeypatch.delenv("SFT_JAX_CACHE")
     assert assets.cache_dir() == Path.home() / ".cache" / "sft_jax"
+
+
+# ---------------------------------------------------------------------------- chitchat
+
+
+@pytest.fixture(scope="session")
+def cc_dir():
+    return assets.fetch("chitchat")
+
+
+@pytest.fixture(scope="session")
+def cc(cc_dir):
+    out = {}
+    for s in SPLITS:
+        with open(cc_dir / f"{s}.jsonl", encoding="utf-8") as f:
+            out[s] = [json.loads(line) for line in f]
+    return out
+
+
+def test_chitchat_sizes_and_summary(cc_dir, cc):
+    assert sorted(p.name for p in cc_dir.iterdir()) == ["split.json", "test.jsonl",
+                                                        "train.jsonl", "validation.jsonl"]
+    total = sum(len(rows) for rows in cc.values())
+    assert total == 4_017
+    for split, lo, hi in (("train", 0.89, 0.91), ("validation", 0.045, 0.055),
+                          ("test", 0.045, 0.055)):
+        assert lo < len(cc[split]) / total < hi
+    meta = json.loads((cc_dir / "split.json").read_text())
+    assert (meta["conversations_in_source"], meta["dropped_under_2_turns"]) == (7_168, 3_151)
+    assert meta["seed"] == assets.CC_SPLIT_SEED
+    for s in SPLITS:
+        counts = {"conversations": len(cc[s]), "turns": sum(len(r["messages"]) for r in cc[s])}
+        assert meta["splits"][s] == counts
+        # the module docstring records the same counts
+        line = re.search(rf"^ +{s} +([\d,]+) conversations, +([\d,]+) turns$", assets.__doc__,
+                         re.M)
+        assert line, f"no chitchat {s} line in the assets docstring"
+        assert [int(g.replace(",", "")) for g in line.groups()] == list(counts.values())
+
+
+def test_chitchat_no_conversation_in_two_splits(cc):
+    ids = {s: [r["id"] for r in rows] for s, rows in cc.items()}
+    assert all(len(set(v)) == len(v) for v in ids.values())
+    assert not set(ids["train"]) & set(ids["validation"])
+    assert not set(ids["train"]) & set(ids["test"])
+    assert not set(ids["validation"]) & set(ids["test"])
+
+
+def test_chitchat_roles_alternate_starting_with_user(cc):
+    for rows in cc.values():
+        for r in rows:
+            assert set(r) == {"id", "messages"}
+            assert len(r["messages"]) >= 2
+            for i, m in enumerate(r["messages"]):
+                assert m == {"role": ("user", "assistant")[i % 2], "content": m["content"]}
+                assert m["content"] and m["content"] == m["content"].strip()
+    # a turn holds the messages of one sender's group, "\n"-joined
+    assert any("\n" in m["content"] for r in cc["test"] for m in r["messages"])
+
+
+def test_chitchat_split_is_deterministic(cc):
+    rows = [r for s in SPLITS for r in cc[s]]
+    split = lambda rs, seed: assets.split_by_group(rs, key="id", seed=seed,
+                                                   fractions=(0.9, 0.05))
+    assert split(rows, assets.CC_SPLIT_SEED) == [cc[s] for s in SPLITS]
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    assert [{r["id"] for r in p} for p in split(shuffled, assets.CC_SPLIT_SEED)] == [
+        {r["id"] for r in cc[s]} for s in SPLITS]
+    other = split(rows, assets.CC_SPLIT_SEED + 1)
+    assert {r["id"] for r in other[2]} != {r["id"] for r in cc["test"]}
+
+
+def test_parse_chitchat_turns():
+    """Groups become turns; empty messages vanish (and with them a whole group, whose
+    neighbours then merge); the first speaker is the user; < 2 turns is dropped."""
+    msg = lambda sender, text: {"text": text, "sender": sender, "timestamp": "t"}
+    data = {
+        "c1": {"messages": [[msg("b", "hi"), msg("b", " there ")], [msg("a", "hey")],
+                            [msg("b", "  ")], [msg("a", "how")], [msg("b", "fine")]],
+               "prompt": "p", "ratings": {}},
+        "c2": {"messages": [[msg("a", "anyone?"), msg("a", "hello?")]], "prompt": "p"},
+        "c3": {"messages": [[msg("a", "")], [msg("b", "x")]], "start": "t"},
+    }
+    rows, total = assets.parse_chitchat(json.dumps(data).encode())
+    assert total == 3
+    assert rows == [{"id": "c1", "messages": [
+        {"role": "user", "content": "hi\nthere"},
+        {"role": "assistant", "content": "hey\nhow"},
+        {"role": "user", "content": "fine"},
+    ]}]
+
+
+# ------------------------------------------------------------------------------ smollm2
+
+
+def test_smollm2_is_a_hugging_face_llama_dir_with_its_gguf():
+    d = assets.fetch("smollm2-135m-instruct")
+    assert sorted(p.name for p in d.iterdir()) == sorted([
+        "SmolLM2-135M-Instruct.Q4_1.gguf", "chat_template.jinja", "config.json",
+        "generation_config.json", "model.safetensors", "provenance.json", "tokenizer.json",
+        "tokenizer_config.json"])
+    config = json.loads((d / "config.json").read_text())
+    assert {k: config[k] for k in ("model_type", "num_hidden_layers", "hidden_size",
+                                   "num_attention_heads", "num_key_value_heads",
+                                   "intermediate_size", "vocab_size", "rope_theta",
+                                   "rms_norm_eps", "tie_word_embeddings")} == {
+        "model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+        "vocab_size": 49152, "rope_theta": 1e5, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True}
+    with open(d / "model.safetensors", "rb") as f:  # safetensors: u64 size + JSON header
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    header.pop("__metadata__", None)
+    assert len(header) == 2 + 30 * 9 and "lm_head.weight" not in header
+    assert {v["dtype"] for v in header.values()} == {"F32"}
+    assert header["model.embed_tokens.weight"]["shape"] == [49152, 576]
+    assert header["model.layers.29.self_attn.k_proj.weight"]["shape"] == [192, 576]
+    provenance = json.loads((d / "provenance.json").read_text())
+    assert provenance["license"] == "Apache-2.0"
+    digest = hashlib.sha256((d / assets.SMOLLM2_GGUF).read_bytes()).hexdigest()
+    assert provenance["gguf_sha256"] == digest
+    assert "<|im_start|>" in (d / "chat_template.jinja").read_text()

@@ -284,7 +284,8 @@ def test_directory_errors(tmp_path):
     with pytest.raises(UserInputError) as err:
         load_pretrained(root)
     assert str(err.value) == (
-        f"{root}/config.json: model_type 'foo' is not supported (supported: bert, roberta)"
+        f"{root}/config.json: model_type 'foo' is not supported "
+        "(supported: bert, roberta, llama, mistral, qwen2, gpt2)"
     )
 
     (root / "config.json").write_text('{"model_type": "bert",\n "vocab_size": }')

@@ -265,7 +265,8 @@ def test_build_model_and_config_errors():
     with pytest.raises(UserInputError) as err:
         build_model({**TINY, "model_type": "foo"}, where=where)
     assert str(err.value) == (
-        "/models/x/config.json: model_type 'foo' is not supported (supported: bert, roberta)"
+        "/models/x/config.json: model_type 'foo' is not supported "
+        "(supported: bert, roberta, llama, mistral, qwen2, gpt2)"
     )
     with pytest.raises(UserInputError, match=r"config.json: hidden_act 'swiglu' is not"):
         build_model({**TINY, "model_type": "bert", "hidden_act": "swiglu"})

@@ -270,3 +270,29 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny):
     check(run_cli(tmp_path, {**overrides, "train.steps": stopped_at + 2}))
     steps = [r["step"] for r in read_metrics(tmp_path)]
     assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
+
+
+def test_classification_with_a_decoder_model(tmp_path, tiny_chat_model, tiny_corpus_dir):
+    """A decoder-only checkpoint gets a last-token classification head and exports as
+    LlamaForSequenceClassification with the same predictions."""
+    import torch
+    import transformers
+
+    from sft_jax import train
+
+    overrides = {**tiny_overrides(tiny_chat_model, tiny_corpus_dir), "train.steps": 4,
+                 "optim.learning_rate": 5e-3}
+    results = train.train_and_evaluate(apply_overrides(load_config(), overrides), tmp_path)
+    assert 0.0 <= results["test"]["accuracy"] <= 1.0
+    preds = [json.loads(line) for line in
+             (tmp_path / "predictions" / "test.jsonl").read_text().splitlines()]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "export").eval()
+    assert type(model).__name__ == "LlamaForSequenceClassification"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    for p in preds[:8]:
+        with torch.no_grad():
+            logits = model(**tokenizer([p["text"]], return_tensors="pt")).logits
+        probs = torch.softmax(logits, -1)[0].numpy()
+        ours = [p["probabilities"][model.config.id2label[i]] for i in range(2)]
+        np.testing.assert_allclose(probs, ours, atol=1e-5)

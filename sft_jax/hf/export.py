@@ -3,19 +3,28 @@
 What is written, by case:
 
 - encoder only: `BertModel` / `RobertaModel` (architectures accordingly).
-- classifier with pooling 'pooler': `BertForSequenceClassification` /
-  `RobertaForSequenceClassification`, with `id2label` / `label2id`; `AutoModelForSequence
-  Classification.from_pretrained(dir)` reproduces our logits.
-- classifier with pooling 'cls' or 'mean': no Hugging Face class computes that head, so
-  the encoder is exported as `BertModel` / `RobertaModel` (loadable by any HF code) and
-  the head goes beside it, in `sft_jax_head.safetensors` (`kernel` [D, C], `bias` [C]) and
+- decoder LM (Llama, Mistral, Qwen2, GPT-2 params): `LlamaForCausalLM` / ... /
+  `GPT2LMHeadModel`; `AutoModelForCausalLM.from_pretrained(dir)` reproduces our logits.
+  Tied embeddings are written once (transformers ties the head on load).
+- classifier with the family's Hugging Face pooling ('pooler' for BERT, 'last' for
+  decoders): `BertForSequenceClassification` / `RobertaForSequenceClassification` /
+  `LlamaForSequenceClassification` / ... / `GPT2ForSequenceClassification`, with
+  `id2label` / `label2id`; `AutoModelForSequenceClassification.from_pretrained(dir)`
+  reproduces our logits. Decoder classifiers pool the last token that is not
+  `pad_token_id` in HF (ours: the last with attention_mask 1), so `pad_token_id` is set
+  (from the tokenizer if the config has none) and a warning is logged if there is none.
+- classifier with another pooling ('cls' / 'mean', or 'last' on BERT): no Hugging Face
+  class computes that head, so the backbone is exported as `BertModel` / `RobertaModel` /
+  `LlamaModel` / ... / `GPT2Model` (loadable by any HF code) and the head goes beside it,
+  in `sft_jax_head.safetensors` (`kernel` [D, C], `bias` [C] if any) and
   `sft_jax_head.json` (pooling, num_labels, id2label). A warning is logged. We choose not
-  to raise: a fine-tuned encoder is worth exporting, and `sft_jax.load_pretrained` reads
+  to raise: a fine-tuned model is worth exporting, and `sft_jax.load_pretrained` reads
   the head back.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Mapping
@@ -28,6 +37,7 @@ import numpy as np
 
 from sft_jax.hf import bert as hf_bert
 from sft_jax.hf.checkpoint_dir import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, save_state_dict
+from sft_jax.models import registry
 from sft_jax.models.heads import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -60,27 +70,31 @@ def export_pretrained(
     tokenizer: Any | None,
     num_labels: int | None = None,
     id2label: Mapping[int, str] | None = None,
-    pooling: str = "pooler",
+    pooling: str | None = None,
     hf_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a Hugging Face model directory; returns its path.
 
     Args:
       out_dir: created if missing; existing files of the same names are replaced.
-      module_config: the model's config (`BertConfig`).
-      params: `BertModel` params, or `SequenceClassifier` params (`{'encoder',
-        'classifier'}`); boxed, jax or numpy, any float dtype (written as float32).
+      module_config: the model's config (`BertConfig`, `LlamaConfig`, `Gpt2Config`).
+      params: the bare module's params (`BertModel`, `LlamaModel`, `Gpt2Model`), or
+        `SequenceClassifier` params (`{'encoder', 'classifier'}`); boxed, jax or numpy,
+        any float dtype (written as float32).
       tokenizer: a transformers tokenizer (saved with `save_pretrained`), or None.
       num_labels: checked against the classifier's width when given.
       id2label: class names {0: 'neg', ...}; default LABEL_i.
-      pooling: the classifier's pooling (see the module docstring for 'cls' / 'mean').
+      pooling: the classifier's pooling (see the module docstring); None: the family's
+        Hugging Face pooling.
       hf_config: the source `config.json` dict; its extra fields are kept.
     """
+    model_type = module_config.model_type
+    if model_type not in registry.FAMILIES:
+        raise ValueError(f"no exporter for model_type {model_type!r}")
+    family = registry.FAMILIES[model_type]
+    pooling = family.hf_pooling if pooling is None else pooling
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
-    model_type = module_config.model_type
-    if model_type not in _ARCH:
-        raise ValueError(f"no exporter for model_type {model_type!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (HEAD_WEIGHTS_FILE, HEAD_CONFIG_FILE, INDEX_FILE):  # from an older export
@@ -89,8 +103,7 @@ def export_pretrained(
     config.update(module_config.to_hf())
     params = nn.meta.unbox(dict(params))
     has_head = "classifier" in params
-    encoder_arch, classifier_arch = _ARCH[model_type]
-
+    labels: dict[str, str] = {}
     if has_head:
         width = int(np.shape(params["classifier"]["kernel"])[-1])
         if num_labels is not None and num_labels != width:
@@ -98,14 +111,15 @@ def export_pretrained(
         labels = _labels(width, id2label)
         config["id2label"] = labels
         config["label2id"] = {v: int(k) for k, v in labels.items()}
-    if has_head and pooling == "pooler":
-        state = hf_bert.classifier_to_hf(params, module_config)
-        config["architectures"] = [classifier_arch]
+    native_head = has_head and pooling == family.hf_pooling
+    if family.kind == "encoder":
+        state, arch = _encoder_state(params, module_config, native_head)
     else:
-        encoder = params["encoder"] if has_head else params
-        state = hf_bert.params_to_hf(encoder, module_config)
-        config["architectures"] = [encoder_arch]
-    if has_head and pooling != "pooler":
+        state, arch = _decoder_state(params, module_config, native_head)
+    config["architectures"] = [arch]
+    if native_head and family.kind == "decoder":
+        _set_pad_token(config, tokenizer, out)
+    if has_head and not native_head:
         head = {
             k: np.asarray(jax.device_get(v), np.float32) for k, v in params["classifier"].items()
         }
@@ -113,11 +127,12 @@ def export_pretrained(
         head_config = {"pooling": pooling, "num_labels": width, "id2label": labels}
         (out / HEAD_CONFIG_FILE).write_text(json.dumps(head_config, indent=2) + "\n")
         log.warning(
-            "%s: pooling %r has no Hugging Face class; exported the encoder as %s and the "
+            "%s: pooling %r has no Hugging Face class; exported the %s as %s and the "
             "head to %s (read back by sft_jax.load_pretrained)",
             out,
             pooling,
-            encoder_arch,
+            family.kind,
+            arch,
             HEAD_WEIGHTS_FILE,
         )
     config["dtype"] = "float32"
@@ -126,3 +141,37 @@ def export_pretrained(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
+
+
+def _encoder_state(
+    params: Mapping[str, Any], module_config: Any, native_head: bool
+) -> tuple[dict[str, np.ndarray], str]:
+    encoder_arch, classifier_arch = _ARCH[module_config.model_type]
+    if native_head:
+        return hf_bert.classifier_to_hf(params, module_config), classifier_arch
+    encoder = params["encoder"] if "classifier" in params else params
+    return hf_bert.params_to_hf(encoder, module_config), encoder_arch
+
+
+def _decoder_state(
+    params: Mapping[str, Any], module_config: Any, native_head: bool
+) -> tuple[dict[str, np.ndarray], str]:
+    converter = importlib.import_module(registry.FAMILIES[module_config.model_type].converter)
+    causal_arch, classifier_arch, base_arch = converter.ARCHITECTURES[module_config.model_type]
+    if native_head:
+        return converter.classifier_to_hf(params, module_config), classifier_arch
+    if "classifier" in params:
+        return converter.params_to_hf(params["encoder"], module_config, base_model=True), base_arch
+    return converter.params_to_hf(params, module_config), causal_arch
+
+
+def _set_pad_token(config: dict[str, Any], tokenizer: Any | None, out: Path) -> None:
+    """HF decoder classifiers find each row's last token by `pad_token_id`."""
+    if config.get("pad_token_id") is None and tokenizer is not None:
+        config["pad_token_id"] = getattr(tokenizer, "pad_token_id", None)
+    if config.get("pad_token_id") is None:
+        log.warning(
+            "%s: no pad_token_id (config or tokenizer); Hugging Face's sequence classifier "
+            "will only accept unpadded batches of one",
+            out,
+        )

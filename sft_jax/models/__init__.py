@@ -4,19 +4,27 @@
 names (those live in `sft_jax/hf/`).
 """
 
-from sft_jax.models import axes, layers
+from sft_jax.models import axes, layers, rope
 from sft_jax.models.bert import BertConfig, BertModel
+from sft_jax.models.gpt2 import Gpt2Config, Gpt2Model
 from sft_jax.models.heads import POOLINGS, SequenceClassifier
-from sft_jax.models.registry import FAMILIES, build_model, supported_model_types
+from sft_jax.models.llama import LlamaConfig, LlamaModel
+from sft_jax.models.registry import FAMILIES, build_model, init_cache, supported_model_types
 
 __all__ = [
     "FAMILIES",
     "POOLINGS",
     "BertConfig",
     "BertModel",
+    "Gpt2Config",
+    "Gpt2Model",
+    "LlamaConfig",
+    "LlamaModel",
     "SequenceClassifier",
     "axes",
     "build_model",
+    "init_cache",
     "layers",
+    "rope",
     "supported_model_types",
 ]

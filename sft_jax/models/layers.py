@@ -15,6 +15,10 @@ Masks are boolean, True = may attend, shaped to broadcast against the attention 
 `causal_mask`, `segment_mask` and join them with `combine_masks`, so that an encoder
 (padding), a decoder (causal + padding) and a packed batch (segment ids) all feed the same
 `Attention`. An additive `bias` (e.g. T5 relative positions) goes in separately.
+
+Decoders (`llama.py`, `gpt2.py`) build their mask with `decoder_mask` from segment ids and
+slots, and keep keys/values in an explicit KV cache (`init_kv_cache`, passed to
+`Attention(kv_cache=..., cache_index=...)`); the cache contract is documented in `llama.py`.
 """
 
 from __future__ import annotations
@@ -125,6 +129,22 @@ def layer_norm(
     )
 
 
+def rms_norm(
+    *, epsilon: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None
+) -> nn.RMSNorm:
+    """RMSNorm over the last axis (D) with an ('embed',) scale (Llama, T5).
+
+    `x / sqrt(mean(x²) + eps) * scale`, statistics in float32.
+    """
+    return nn.RMSNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.EMBED,)),
+        name=name,
+    )
+
+
 def embed(
     num_embeddings: int,
     features: int,
@@ -167,6 +187,43 @@ def segment_mask(query_segments: Array, key_segments: Array | None = None) -> Ar
     key_segments = query_segments if key_segments is None else key_segments
     same = query_segments[:, :, None] == key_segments[:, None, :]
     return (same & (key_segments[:, None, :] != 0))[:, None]
+
+
+def decoder_mask(
+    query_segments: Array,  # B T int
+    key_segments: Array,  # B S int (0 = padding / empty cache slot)
+    query_slots: Array,  # T int: the key slot each query occupies
+    *,
+    sliding_window: int | None = None,
+) -> Array:  # bool B 1 T S
+    """Causal + segment mask by slot: query t sees key slot s iff the key's segment is
+    non-zero and equals the query's, and s <= query_slots[t] (and, with a sliding window
+    W, query_slots[t] - s < W, as Mistral / Hugging Face's sliding-window mask).
+
+    Without a cache the slots are `arange(T)` and S = T; with one, S is the cache length
+    and the T new tokens sit at slots `index + arange(T)`.
+    """
+    key_slots = jnp.arange(key_segments.shape[1])
+    visible = key_slots[None, :] <= query_slots[:, None]  # T S
+    if sliding_window is not None:
+        visible &= query_slots[:, None] - key_slots[None, :] < sliding_window
+    same = query_segments[:, :, None] == key_segments[:, None, :]  # B T S
+    return (same & (key_segments[:, None, :] != 0) & visible[None])[:, None]
+
+
+def positions_from_segments(segment_ids: Array) -> Array:
+    """[B, T] segment ids -> [B, T] int32 positions restarting at 0 with every run of equal
+    ids (packed rows: 0 1 2 0 1; a left-padded row's first real token gets 0)."""
+    t = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+    starts = jnp.concatenate(
+        [
+            jnp.ones_like(segment_ids[:, :1], dtype=bool),
+            segment_ids[:, 1:] != segment_ids[:, :-1],
+        ],
+        axis=1,
+    )  # B T
+    first = jax.lax.cummax(jnp.where(starts, t[None, :], 0), axis=1)  # B T
+    return t[None, :] - first
 
 
 def combine_masks(*masks: Array | None) -> Array | None:
@@ -236,13 +293,22 @@ class Attention(nn.Module):
 
     Reuse: Llama passes `num_kv_heads`, `use_bias=False` and a `qk_transform` applying
     rotary embeddings; T5 passes `scale=1.0` and a relative-position `bias`; a decoder
-    passes `combine_masks(causal_mask(T), padding_mask(m))`.
+    passes `combine_masks(causal_mask(T), padding_mask(m))` or a `decoder_mask`.
+
+    `use_bias` covers q/k/v and, unless `out_bias` says otherwise, the out projection
+    (Qwen2: q/k/v biases, none on out).
+
+    KV cache: with `kv_cache={'k': [B,S,K,H], 'v': [B,S,K,H]}` and `cache_index` (int32
+    scalar), the T new keys/values (after `qk_transform`) are written at slots
+    [cache_index, cache_index + T), the queries attend over all S slots (the `mask` must
+    be [.., T, S] and hide empty slots), and the call returns `(out, updated kv_cache)`.
     """
 
     num_heads: int
     head_dim: int
     num_kv_heads: int | None = None
     use_bias: bool = True
+    out_bias: bool | None = None
     dropout_rate: float = 0.0
     scale: float | None = None
     dtype: Dtype = jnp.float32
@@ -258,8 +324,10 @@ class Attention(nn.Module):
         mask: Array | None = None,
         bias: Array | None = None,
         qk_transform: QKTransform | None = None,
+        kv_cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
         deterministic: bool = True,
-    ) -> Array:  # B T D
+    ) -> Array | tuple[Array, dict[str, Array]]:  # B T D (, cache)
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         model_dim = inputs_q.shape[-1]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -282,6 +350,13 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         if qk_transform is not None:
             q, k = qk_transform(q, k)
+        if kv_cache is not None:
+            if cache_index is None:
+                raise ValueError("kv_cache needs cache_index")
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start)
+            v = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start)
+            kv_cache = {"k": k, "v": v}  # B S K H
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -297,16 +372,17 @@ class Attention(nn.Module):
             dtype=self.dtype,
         )  # B T N H
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
-        return DenseGeneral(
+        out = DenseGeneral(
             features=model_dim,
             kernel_axes=(axes.HEADS, axes.KV, axes.EMBED),
             in_dims=2,
-            use_bias=self.use_bias,
+            use_bias=self.use_bias if self.out_bias is None else self.out_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=self.kernel_init,
             name="out",
         )(out)  # B T D
+        return out if kv_cache is None else (out, kv_cache)
 
 
 class Mlp(nn.Module):
@@ -344,6 +420,30 @@ class Mlp(nn.Module):
             h = act(dense(self.hidden_dim, (axes.EMBED, axes.MLP), "wi")(x))  # B T F
         h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
         return dense(x.shape[-1], (axes.MLP, axes.EMBED), "wo")(h)  # B T D
+
+
+def init_kv_cache(
+    batch_size: int,
+    max_length: int,
+    *,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: Dtype = jnp.float32,
+) -> dict[str, Any]:
+    """An empty decoder KV cache (the contract is documented in `sft_jax/models/llama.py`):
+
+    {'index': int32 [], 'segment_ids': int32 [B, S],
+     'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   (S = max_length)
+    """
+    shape = (batch_size, max_length, num_kv_heads, head_dim)
+    return {
+        "index": jnp.zeros((), jnp.int32),
+        "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
+        "layers": [
+            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)
+        ],
+    }
 
 
 def count_params(params: Any) -> int:

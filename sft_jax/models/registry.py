@@ -1,24 +1,29 @@
 """Hugging Face `model_type` -> (config class, module class, converter module).
 
 The one place where a model family is picked by name. To add a family (planned:
-'llama', 'qwen2', 'gpt2' decoder-only; 't5', 'bart', 'marian' encoder-decoder), write
-`models/<family>.py` (a frozen config dataclass with `from_hf`, a flax module) and
-`hf/<family>.py` (`params_from_hf`, `params_to_hf`), then add one `Family` line to
-`FAMILIES`. Converters are named by module path and imported lazily, so `models/` does not
-import `hf/` at import time.
+'t5', 'bart', 'marian' encoder-decoder), write `models/<family>.py` (a frozen config
+dataclass with `from_hf`, a flax module) and `hf/<family>.py` (`params_from_hf`,
+`params_to_hf`), then add one `Family` line to `FAMILIES`. Converters are named by module
+path and imported lazily, so `models/` does not import `hf/` at import time.
+
+Encoders (BERT) and decoders (Llama, Mistral, Qwen2, GPT-2) differ in their batch
+contract (`bert.py`, `llama.py`), in the pooling Hugging Face's `...ForSequence
+Classification` uses (`hf_pooling`: 'pooler' vs 'last') and in whether a KV cache exists
+(`init_cache`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
 import flax.linen as nn
 
 from sft_jax.errors import UserInputError
+from sft_jax.models import gpt2, llama
 from sft_jax.models.bert import BertConfig, BertModel
 from sft_jax.models.heads import POOLINGS, SequenceClassifier
 
@@ -31,11 +36,22 @@ class Family:
     module_cls: type[nn.Module]
     converter: str  # module path with params_from_hf / params_to_hf
     kind: str  # 'encoder' | 'decoder' | 'encoder-decoder'
+    hf_pooling: str = "pooler"  # the pooling of HF's ...ForSequenceClassification
+    init_cache: Callable[..., dict[str, Any]] | None = None  # decoders: (config, B, S, dtype)
 
 
+_LLAMA = Family(
+    llama.LlamaConfig, llama.LlamaModel, "sft_jax.hf.llama", "decoder", "last", llama.init_cache
+)
 FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
     "roberta": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "gpt2": Family(
+        gpt2.Gpt2Config, gpt2.Gpt2Model, "sft_jax.hf.gpt2", "decoder", "last", gpt2.init_cache
+    ),
 }
 
 
@@ -65,11 +81,26 @@ def converter_for(hf_config: Mapping[str, Any], *, where: str = "config.json") -
     return importlib.import_module(get_family(hf_config, where=where).converter)
 
 
+def family_of(module_config: Any) -> Family:
+    """The family of a built config (`BertConfig`, `LlamaConfig`, ...), by its model_type."""
+    return FAMILIES[module_config.model_type]
+
+
+def init_cache(
+    module_config: Any, batch_size: int, max_length: int, dtype: Any = None
+) -> dict[str, Any]:
+    """An empty KV cache for a decoder config (contract: `sft_jax/models/llama.py`)."""
+    family = family_of(module_config)
+    if family.init_cache is None:
+        raise ValueError(f"model_type {module_config.model_type!r} has no KV cache")
+    return family.init_cache(module_config, batch_size, max_length, dtype)
+
+
 def build_model(
     hf_config: Mapping[str, Any],
     *,
     num_labels: int | None = None,
-    pooling: str = "pooler",
+    pooling: str | None = None,
     classifier_dropout: float | None = None,
     dtype: Any = "float32",
     param_dtype: Any = "float32",
@@ -77,28 +108,37 @@ def build_model(
 ) -> tuple[nn.Module, Any]:
     """(module, config) for an HF config dict.
 
-    Without `num_labels` the module is the bare encoder (e.g. `BertModel`); with it, a
-    `SequenceClassifier` whose params are `{'encoder': ..., 'classifier': ...}`.
+    Without `num_labels` the module is the bare encoder (e.g. `BertModel`) or, for a
+    decoder, the causal LM (`LlamaModel`, `Gpt2Model`); with it, a `SequenceClassifier`
+    whose params are `{'encoder': ..., 'classifier': ...}`. `pooling=None` picks the
+    family's Hugging Face pooling ('pooler' for encoders, 'last' for decoders).
     `where` (usually the config.json path) names the source in error messages.
     """
     family = get_family(hf_config, where=where)
     config = family.config_cls.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, where=where)
     if num_labels is None:
         return family.module_cls(config), config
-    if family.kind != "encoder":
+    if family.kind not in ("encoder", "decoder"):
         raise UserInputError(
-            f"{where}: a classification head needs an encoder model, "
+            f"{where}: a classification head needs an encoder or decoder model, "
             f"not {family.kind} {hf_config['model_type']!r}"
         )
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
         raise UserInputError(f"num_labels must be a positive integer, got {num_labels!r}")
+    pooling = family.hf_pooling if pooling is None else pooling
     if pooling not in POOLINGS:
         raise UserInputError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+    if pooling == "pooler" and family.kind == "decoder":
+        raise UserInputError(
+            f"pooling 'pooler': decoder model_type {hf_config['model_type']!r} has no pooler "
+            "(use 'last', as Hugging Face does, or 'mean')"
+        )
     module = SequenceClassifier(
         config=config,
         num_labels=num_labels,
         pooling=pooling,
         classifier_dropout=classifier_dropout,
         encoder_cls=family.module_cls,
+        classifier_bias=family.kind == "encoder",
     )
     return module, config

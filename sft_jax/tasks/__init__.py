@@ -22,6 +22,7 @@ from sft_jax.errors import UserInputError
 # Name -> "module:Class", resolved late so that importing one task never imports another.
 TASKS = {
     "classification": "sft_jax.tasks.classification:ClassificationTask",
+    "dialogue": "sft_jax.tasks.dialogue:DialogueTask",
 }
 
 
@@ -53,8 +54,13 @@ class Task(Protocol):
     def evaluate(self, split: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         """Metrics of a split from the per-example outputs (in example order)."""
 
-    def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path) -> None:
-        ...
+    def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
+                          params=None) -> None:
+        """predictions/<split>.jsonl (process 0 writes); `params` lets generative tasks
+        sample responses, a collective step every process takes."""
+
+    def data_stats(self) -> dict[str, Any]:
+        """Counts worth logging once (examples kept/dropped, padding waste)."""
 
     def export(self, out_dir: Path, params) -> None:
         """A Hugging Face directory for the trained model."""

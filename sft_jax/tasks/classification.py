@@ -77,7 +77,7 @@ class ClassificationTask:
         self.module, self.module_config = registry.build_model(
             self._hf_config(),
             num_labels=len(self.label_names),
-            pooling=model.pooling,
+            pooling=model.pooling or None,
             classifier_dropout=model.classifier_dropout if model.classifier_dropout >= 0
             else None,
             dtype=model.dtype,
@@ -161,7 +161,8 @@ class ClassificationTask:
     def pretrained_params(self) -> Mapping | None:
         return pretrained_params(self.model_dir, self.module_config, with_head=True,
                                  num_labels=len(self.label_names),
-                                 pooling=self.config.model.pooling, hf_config=self._hf_config())
+                                 pooling=self.config.model.pooling or None,
+                                 hf_config=self._hf_config())
 
     def train_features(self) -> Sequence[dict] | None:
         if "train" not in self.records:
@@ -212,8 +213,14 @@ class ClassificationTask:
         return {"loss": float(np.mean(outputs["loss"])), **result.scalars,
                 "confusion_matrix": result.confusion_matrix}
 
-    def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path) -> None:
+    def data_stats(self) -> dict[str, Any]:
+        return {f"{split}/examples": len(records) for split, records in self.records.items()}
+
+    def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
+                          params=None) -> None:
         data = self.config.data
+        if jax.process_index() != 0:
+            return
         with path.open("w") as f:
             for i, record in enumerate(self.records[split]):
                 row = {
@@ -239,6 +246,6 @@ class ClassificationTask:
             tokenizer=self.tokenizer,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
-            pooling=self.config.model.pooling,
+            pooling=self.config.model.pooling or None,
             hf_config=self._hf_config(),
         )

@@ -1,0 +1,321 @@
+"""GGUF import: a llama.cpp GGUF file → a Hugging Face Llama model directory.
+
+    from sft_jax.hf.gguf import gguf_to_hf_dir
+    gguf_to_hf_dir("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2/")
+    # smollm2/: config.json, model.safetensors (float32, HF tensor names), tokenizer.json,
+    #           tokenizer_config.json, chat_template.jinja, generation_config.json
+
+The result is an ordinary HF Llama directory: `LlamaForCausalLM.from_pretrained(dir)` and our
+own Llama converter read it like any other. What the conversion does:
+- Metadata → config.json, with the keys transformers' own GGUF loader uses
+  (`transformers.integrations.ggml.GGUF_CONFIG_MAPPING["llama"]`): block_count →
+  num_hidden_layers, embedding_length → hidden_size, feed_forward_length →
+  intermediate_size, attention.head_count(_kv) → num_attention_heads / num_key_value_heads,
+  rope.freq_base → rope_theta, attention.layer_norm_rms_epsilon → rms_norm_eps,
+  context_length → max_position_embeddings; bos/eos/pad token ids from `tokenizer.ggml.*`.
+  GGUF stores floats as float32; they are written as the shortest decimal that rounds to
+  that float32 (9.999999747e-06 → 1e-05, the value of the original HF config).
+  `tie_word_embeddings` is true exactly when the file has no `output.weight` (as in
+  transformers); the tied model then has no `lm_head.weight`, as HF saves tied models.
+- Tensors are dequantized to float32 by `gguf.quants.dequantize`, so every type gguf-py
+  implements is read (F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0, the K- and IQ-quants, ...);
+  others raise UserInputError naming the file and the tensor. GGUF lists shapes in ggml
+  order (ne0 = input features first); the numpy array is (out, in), torch's Linear layout.
+- Rotary layout: llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel.permute`) reorders the
+  rows of q_proj and k_proj per head from HF's rotate-half order to GGML's interleaved pairs,
+  rows (head, 2, half) → (head, half, 2). It is undone here exactly as transformers'
+  `modeling_gguf_pytorch_utils.LlamaTensorProcessor` does: q with the query head count,
+  k with the key/value head count.
+- Tokenizer and chat template: transformers builds them from the GGUF metadata
+  (`AutoTokenizer.from_pretrained(dir, gguf_file=name)`) and `save_pretrained` writes them.
+
+Only the `llama` architecture (Llama 1/2-style checkpoints, SmolLM) with full rotary
+and no rope scaling is supported; anything else is refused with a UserInputError.
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sft_jax.errors import UserInputError
+from sft_jax.hf.checkpoint_dir import CONFIG_FILE, WEIGHTS_FILE, save_state_dict
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+# GGUF tensor name → HF Llama name. Per layer: `blk.{i}.<key>.weight`.
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_MISSING = object()
+
+
+def _open(path: str | Path) -> tuple[Path, Any]:
+    """`(path, gguf.GGUFReader)`, or UserInputError when it is not a readable GGUF file."""
+    import gguf
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"{path}: GGUF file does not exist")
+    try:
+        return path, gguf.GGUFReader(path)
+    except (ValueError, KeyError, OSError, IndexError) as err:
+        raise UserInputError(f"{path}: not a readable GGUF file: {err}") from err
+
+
+def _value(reader: Any, key: str, where: Path, default: Any = _MISSING) -> Any:
+    """One scalar or string metadata value."""
+    from gguf import GGUFValueType
+
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _MISSING:
+            raise UserInputError(f"{where}: GGUF metadata has no {key!r}")
+        return default
+    kind = field.types[0]
+    if kind == GGUFValueType.ARRAY:
+        raise UserInputError(f"{where}: GGUF metadata {key!r} is an array (per-layer "
+                             "values are not supported), expected one value")
+    part = field.parts[field.data[0]]
+    if kind == GGUFValueType.STRING:
+        return bytes(part).decode("utf-8")
+    value = part[0].item()
+    if kind in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        return float(str(np.float32(value)))  # shortest decimal of the stored float32
+    return value
+
+
+def _ggml_shape(reader: Any, name: str) -> tuple[int, ...] | None:
+    """The tensor's numpy shape (reversed ggml order), or None when absent."""
+    for t in reader.tensors:
+        if t.name == name:
+            return tuple(int(n) for n in reversed(t.shape.tolist()))
+    return None
+
+
+def _hf_config(reader: Any, where: Path) -> dict[str, Any]:
+    arch = _value(reader, "general.architecture", where)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UserInputError(f"{where}: GGUF architecture {arch!r} is not supported "
+                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    get = lambda key, default=_MISSING: _value(reader, f"{arch}.{key}", where, default)
+    hidden, heads = get("embedding_length"), get("attention.head_count")
+    kv_heads = get("attention.head_count_kv", heads)
+    head_dim = get("attention.key_length", hidden // heads)
+    if get("attention.value_length", head_dim) != head_dim:
+        raise UserInputError(f"{where}: {arch}.attention.value_length differs from key_length "
+                             "(not a Llama layout)")
+    rotary = get("rope.dimension_count", head_dim)
+    if rotary != head_dim:
+        raise UserInputError(f"{where}: {arch}.rope.dimension_count={rotary} but head size is "
+                             f"{head_dim}: partial rotary embeddings are not supported")
+    scaling = get("rope.scaling.type", "none")
+    if scaling != "none":
+        raise UserInputError(f"{where}: {arch}.rope.scaling.type={scaling!r}: rope scaling "
+                             "is not supported")
+    embed = _ggml_shape(reader, "token_embd.weight")
+    if embed is None:
+        raise UserInputError(f"{where}: missing tensor 'token_embd.weight'")
+    vocab = get("vocab_size", embed[0])
+    if vocab != embed[0]:
+        raise UserInputError(f"{where}: {arch}.vocab_size={vocab} but tensor "
+                             f"'token_embd.weight' has {embed[0]} rows")
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": get("context_length"),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+        "rope_theta": get("rope.freq_base", 10000.0),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": _ggml_shape(reader, "output.weight") is None,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+    for ours, theirs in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        token_id = _value(reader, f"tokenizer.ggml.{theirs}_token_id", where, None)
+        if token_id is not None:
+            config[f"{ours}_token_id"] = token_id
+    return config
+
+
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name → numpy shape that the config implies."""
+    d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    shapes = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
+    if not config["tie_word_embeddings"]:
+        shapes["output.weight"] = (v, d)
+    per_layer = {"attn_norm": (d,), "ffn_norm": (d,), "attn_q": (q, d), "attn_k": (kv, d),
+                 "attn_v": (kv, d), "attn_output": (d, q), "ffn_gate": (f, d),
+                 "ffn_up": (f, d), "ffn_down": (d, f)}
+    for i in range(config["num_hidden_layers"]):
+        for key, shape in per_layer.items():
+            shapes[f"blk.{i}.{key}.weight"] = shape
+    return shapes
+
+
+def _hf_name(name: str) -> str | None:
+    if name in _GLOBAL_TENSORS:
+        return _GLOBAL_TENSORS[name]
+    match = _LAYER_NAME.fullmatch(name)
+    if match and match.group(2) in _LAYER_TENSORS:
+        return f"model.layers.{match.group(1)}.{_LAYER_TENSORS[match.group(2)]}.weight"
+    return None
+
+
+def reverse_rotary_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation: rows (head, half, 2) → (head, 2, half).
+
+    Same as transformers' `LlamaTensorProcessor._reverse_permute_weights`; `n_head` is the
+    query head count for q_proj and the key/value head count for k_proj.
+    """
+    half = weight.shape[0] // n_head // 2
+    w = weight.reshape(n_head, half, 2, *weight.shape[1:])
+    return w.swapaxes(2, 1).reshape(weight.shape)
+
+
+def _dequantize(tensor: Any, where: Path) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    try:
+        w = dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError as err:
+        raise UserInputError(f"{where}: tensor {tensor.name!r}: GGUF type "
+                             f"{tensor.tensor_type.name} cannot be dequantized by gguf-py") from err
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+    return np.array(w, dtype=np.float32).reshape(shape)  # a copy: no view into the file
+
+
+def read_gguf_config(gguf_path: str | Path) -> dict[str, Any]:
+    """The HF `config.json` dict for a GGUF file (metadata only; no tensor is read)."""
+    path, reader = _open(gguf_path)
+    return _hf_config(reader, path)
+
+
+def gguf_to_hf_state_dict(
+    gguf_path: str | Path,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """`(config.json dict, HF-named float32 state dict)` from a GGUF file."""
+    path, reader = _open(gguf_path)
+    return _convert(reader, path)
+
+
+def _convert(reader: Any, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    config = _hf_config(reader, path)
+    expected = _expected_shapes(config)
+    heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    state: dict[str, np.ndarray] = {}
+    for tensor in reader.tensors:
+        name = tensor.name
+        hf_name = _hf_name(name)
+        if hf_name is None:
+            raise UserInputError(f"{path}: tensor {name!r} has no counterpart in a Hugging "
+                                 "Face Llama model")
+        if name not in expected:
+            raise UserInputError(f"{path}: tensor {name!r} does not fit the metadata "
+                                 f"(block_count={config['num_hidden_layers']}, "
+                                 f"tie_word_embeddings={config['tie_word_embeddings']})")
+        weight = _dequantize(tensor, path)
+        if weight.shape != expected[name]:
+            raise UserInputError(f"{path}: tensor {name!r} has shape {weight.shape}, the "
+                                 f"metadata implies {expected[name]}")
+        kind = name.split(".")[-2]
+        if kind in heads:
+            weight = reverse_rotary_permute(weight, heads[kind])
+        state[hf_name] = weight
+    missing = [name for name in expected if _hf_name(name) not in state]
+    if missing:
+        raise UserInputError(f"{path}: missing tensor {missing[0]!r}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return config, state
+
+
+def _save_tokenizer(path: Path, out: Path, max_length: int) -> None:
+    """transformers' tokenizer from the GGUF metadata, saved into `out`.
+
+    transformers also reads tokenizer files lying next to the GGUF file, so it is given a
+    directory holding nothing but (a link to) the GGUF file.
+    """
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="sft_jax-gguf-") as alone:
+        link = Path(alone) / path.name
+        try:
+            link.symlink_to(path.resolve())
+        except OSError:  # no symlinks here (some Windows set-ups): copy instead
+            shutil.copyfile(path, link)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                alone, gguf_file=path.name, local_files_only=True, model_max_length=max_length)
+        except (OSError, ValueError, KeyError, NotImplementedError) as err:
+            raise UserInputError(f"{path}: cannot build the tokenizer from the GGUF metadata: "
+                                 f"{err}") from err
+    tokenizer.save_pretrained(str(out))
+
+
+def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Write a Hugging Face Llama directory for a GGUF file into `out_dir`; returns it.
+
+    Files: config.json, model.safetensors (float32), the tokenizer files with the chat
+    template (when the GGUF has one), generation_config.json (bos/eos/pad token ids).
+    Existing files of those names are overwritten; others in `out_dir` are left alone.
+    A GGUF without tokenizer metadata gives a directory without tokenizer (logged).
+    """
+    path, reader = _open(gguf_path)
+    config, state = _convert(reader, path)
+    has_tokenizer = "tokenizer.ggml.model" in reader.fields
+    del reader
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    save_state_dict(state, out / WEIGHTS_FILE)
+    del state
+    # safetensors creates the file 0600; give it the mode of the files written normally.
+    (out / WEIGHTS_FILE).chmod((out / CONFIG_FILE).stat().st_mode & 0o777)
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                  if k in config}
+    if "eos_token_id" in generation:
+        (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
+    if has_tokenizer:
+        _save_tokenizer(path, out, config["max_position_embeddings"])
+    else:
+        log.warning("%s: no tokenizer in the GGUF metadata; %s has none", path, out)
+    return out

@@ -1,0 +1,284 @@
+"""GPT-2 decoder in flax.linen.
+
+Pre-LayerNorm transformer with learned absolute positions, `gelu_new` MLP and an LM head
+tied to the token embeddings; numerically equal to Hugging Face's `GPT2LMHeadModel` in
+fp32 (tests/test_models_decoder.py). The batch contract (input_ids, positions,
+segment_ids), the call signature and the KV cache contract are those of every decoder, as
+documented in `llama.py`; `init_cache` here builds the same cache for GPT-2 (K = N).
+Positions index the learned table, so they must stay below `n_positions`.
+
+Parameter tree (our names; `sft_jax/hf/gpt2.py` maps them to Hugging Face, whose Conv1D
+weights are stored [in, out]):
+
+    embed/embedding                          V D    ('vocab', 'embed')
+    position/embedding                       P D    ('position', 'embed')
+    layer_{i}/attention_norm/{scale,bias}    D      ('embed',)
+    layer_{i}/attention/{query,key,value}/kernel  D N H  ('embed', 'heads', 'kv'), bias N H
+    layer_{i}/attention/out/kernel           N H D  ('heads', 'kv', 'embed'), bias D
+    layer_{i}/mlp_norm/{scale,bias}          D
+    layer_{i}/mlp/wi/kernel                  D F    ('embed', 'mlp'), bias F
+    layer_{i}/mlp/wo/kernel                  F D    ('mlp', 'embed'), bias D
+    final_norm/{scale,bias}                  D
+    lm_head/kernel                           D V    only if tie_word_embeddings is false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sft_jax.errors import UserInputError
+from sft_jax.models import axes, layers
+from sft_jax.models.bert import canonical_dtype
+from sft_jax.models.llama import (
+    decoder_inputs,
+    hf_token_ids,
+    lm_logits,
+    token_ids_to_hf,
+)
+
+Array = jax.Array
+
+_REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpt2Config:
+    """Architecture of a GPT-2 decoder (HF field names) plus our dtypes."""
+
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_inner: int | None = None
+    n_positions: int = 1024
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | tuple[int, ...] | None = 50256
+    eos_token_id: int | tuple[int, ...] | None = 50256
+    model_type: str = "gpt2"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    # The generic names other code reads (SequenceClassifier, init_cache, the converter).
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+    @property
+    def hidden_dropout_prob(self) -> float:
+        return self.resid_pdrop
+
+    @property
+    def classifier_dropout(self) -> float:
+        """No dropout before the classifier, as HF's `GPT2ForSequenceClassification`."""
+        return 0.0
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf: Mapping[str, Any],
+        *,
+        dtype: Any = "float32",
+        param_dtype: Any = "float32",
+        where: str = "config.json",
+    ) -> Gpt2Config:
+        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
+        model_type = hf.get("model_type", "gpt2")
+        if model_type != "gpt2":
+            raise UserInputError(f"{where}: model_type {model_type!r} is not 'gpt2'")
+        missing = [k for k in _REQUIRED if k not in hf]
+        if missing:
+            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        act = hf.get("activation_function", "gelu_new")
+        if act not in layers.ACTIVATIONS:
+            raise UserInputError(
+                f"{where}: activation_function {act!r} is not supported "
+                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
+            )
+        if hf["n_embd"] % hf["n_head"]:
+            raise UserInputError(
+                f"{where}: n_embd {hf['n_embd']} is not a multiple of n_head {hf['n_head']}"
+            )
+        if hf.get("add_cross_attention"):
+            raise UserInputError(f"{where}: GPT-2 with cross-attention is not supported")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        kwargs = {
+            name: hf.get(name, defaults[name])
+            for name in defaults
+            if name not in ("dtype", "param_dtype", "model_type")
+        }
+        kwargs["bos_token_id"] = hf_token_ids(kwargs["bos_token_id"])
+        kwargs["eos_token_id"] = hf_token_ids(kwargs["eos_token_id"])
+        return cls(
+            **kwargs,
+            model_type=model_type,
+            dtype=canonical_dtype(dtype),
+            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face config fields this config determines (no dtype fields)."""
+        out = {
+            f.name: token_ids_to_hf(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ("dtype", "param_dtype")
+        }
+        # reorder_and_upcast_attn only changes fp16 rounding; ours always upcasts.
+        out["reorder_and_upcast_attn"] = False
+        return out
+
+
+def init_cache(
+    config: Gpt2Config, batch_size: int, max_length: int, dtype: Any = None
+) -> dict[str, Any]:
+    """An empty KV cache for `config` (the contract is documented in `llama.py`)."""
+    return layers.init_kv_cache(
+        batch_size,
+        max_length,
+        num_layers=config.n_layer,
+        num_kv_heads=config.n_head,
+        head_dim=config.head_dim,
+        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
+    )
+
+
+class Gpt2Layer(nn.Module):
+    """Pre-LN block: x += drop(attn(LN(x))); x += drop(mlp(LN(x)))."""
+
+    config: Gpt2Config
+    layer_index: int
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # B T D
+        mask: Array,  # B 1 T S
+        *,
+        kv_cache: dict[str, Array] | None,
+        cache_index: Array | None,
+        deterministic: bool,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        cfg = self.config
+        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        init = nn.initializers.normal(cfg.initializer_range)
+        scale = cfg.head_dim**-0.5 if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= float(self.layer_index + 1)
+        norm = lambda name: layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name=name, **kw)
+        h = layers.Attention(
+            num_heads=cfg.n_head,
+            head_dim=cfg.head_dim,
+            dropout_rate=cfg.attn_pdrop,
+            scale=scale,
+            kernel_init=init,
+            name="attention",
+            **kw,
+        )(
+            norm("attention_norm")(x),
+            mask=mask,
+            kv_cache=kv_cache,
+            cache_index=cache_index,
+            deterministic=deterministic,
+        )
+        if kv_cache is not None:
+            h, kv_cache = h
+        x = x + nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+        h = layers.Mlp(
+            hidden_dim=cfg.intermediate_size,
+            activation=cfg.activation_function,
+            kernel_init=init,
+            name="mlp",
+            **kw,
+        )(norm("mlp_norm")(x))
+        x = x + nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+        return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
+
+
+class Gpt2Model(nn.Module):
+    """GPT-2 causal LM; call contract as `llama.LlamaModel` (see `llama.py`)."""
+
+    config: Gpt2Config
+    with_lm_head: bool = True
+    is_decoder: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,  # B T
+        *,
+        positions: Array | None = None,  # B T
+        segment_ids: Array | None = None,  # B T
+        cache: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        init = nn.initializers.normal(cfg.initializer_range)
+        positions, segment_ids, masks, index, key_segments = decoder_inputs(
+            input_ids, positions, segment_ids, cache, {None}
+        )
+        embed = layers.embed(
+            cfg.vocab_size, cfg.n_embd, row_axis=axes.VOCAB, init=init, name="embed", **kw
+        )
+        position = layers.embed(
+            cfg.n_positions, cfg.n_embd, row_axis=axes.POSITION, init=init, name="position", **kw
+        )
+        x = embed(input_ids) + position(positions)  # B T D
+        x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
+        new_layers = []
+        for i in range(cfg.n_layer):
+            x, layer_cache = Gpt2Layer(cfg, i, name=f"layer_{i}")(
+                x,
+                masks[None],
+                kv_cache=None if cache is None else cache["layers"][i],
+                cache_index=index,
+                deterministic=deterministic,
+            )
+            new_layers.append(layer_cache)
+        x = layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
+        new_cache = None
+        if cache is not None:
+            t = input_ids.shape[1]
+            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
+        out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
+        if self.with_lm_head:
+            out["logits"] = lm_logits(x, embed, cfg, init, **kw)
+        return out

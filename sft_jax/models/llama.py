@@ -1,0 +1,479 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) in flax.linen.
+
+Pre-RMSNorm transformer with rotary positions (`rope.py`), grouped-query attention and a
+SwiGLU MLP, numerically equal to Hugging Face's `LlamaForCausalLM` / `MistralForCausalLM`
+/ `Qwen2ForCausalLM` in fp32 (tests/test_models_decoder.py). The families differ only in
+config: Qwen2 has q/k/v biases, Mistral (and Qwen2 when `use_sliding_window`) a sliding
+attention window, Llama optional `attention_bias` / `mlp_bias`.
+
+Decoder batch contract (shared by every decoder-only model, e.g. `gpt2.py`)
+---------------------------------------------------------------------------
+    input_ids    int [B, T]
+    positions    int [B, T]  position of each token within its sequence (restarts at 0 for
+                             every packed sequence; left padding: real tokens count from 0).
+                             Default: arange(T) (with a cache: index + arange(T)).
+    segment_ids  int [B, T]  which sequence a token belongs to; 0 = padding. Attention
+                             never crosses segments and is causal within one.
+                             Default: all ones.
+
+`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True)`
+returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after the final norm),
+'cache': the updated cache, or None without one}` ('logits' is absent when the module is
+built with `with_lm_head=False`, as inside a `SequenceClassifier`). Dropout draws from the
+'dropout' rng when `deterministic=False`. A loss mask is the task's business.
+
+KV cache contract (functional: the cache is an explicit pytree, in and out)
+--------------------------------------------------------------------------
+`init_cache(config, batch_size, max_length, dtype=None)` returns
+
+    {'index': int32 [],             number of filled slots (the same for every row)
+     'segment_ids': int32 [B, S],   segment of the token in each slot; 0 = empty or padding
+     'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   one dict per layer, keys
+                                    already rotated; S = max_length, dtype = config.dtype
+
+All leaves have the batch first (except 'index'), so a caller may slice, gather or reorder
+rows (beam search) with a plain `jax.tree.map`. Calling with `cache=` writes the T new
+tokens' keys/values and segment ids at slots [index, index + T) (`lax.dynamic_update_slice`)
+and returns the cache with index + T; a query at slot index + t attends to slot s iff
+cache segment_ids[s] != 0, it equals the query's segment id, and s <= index + t (causal by
+slot; with a sliding window W also index + t - s < W). Positions come from the caller, so
+a left-padded prompt (pads with segment 0, real tokens at positions 0, 1, ...) followed by
+one token per step at position = number of real tokens so far gives the logits of the
+unpadded sequence. The caller keeps index + T <= max_length (beyond it
+`dynamic_update_slice` clamps the start and overwrites the last slots).
+
+Parameter tree (our names; `sft_jax/hf/llama.py` maps them to Hugging Face):
+
+    embed/embedding                       V D    ('vocab', 'embed')
+    layer_{i}/attention_norm/scale        D      ('embed',)
+    layer_{i}/attention/query/kernel      D N H  ('embed', 'heads', 'kv'); bias N H *
+    layer_{i}/attention/{key,value}/kernel D K H ('embed', 'kv_heads', 'kv'); bias K H *
+                                          ('heads' instead of 'kv_heads' when K == N)
+    layer_{i}/attention/out/kernel        N H D  ('heads', 'kv', 'embed'); bias D **
+    layer_{i}/mlp_norm/scale              D
+    layer_{i}/mlp/wi_0/kernel             D F    ('embed', 'mlp')   gate_proj; bias F ***
+    layer_{i}/mlp/wi_1/kernel             D F    ('embed', 'mlp')   up_proj; bias F ***
+    layer_{i}/mlp/wo/kernel               F D    ('mlp', 'embed')   down_proj; bias D ***
+    final_norm/scale                      D
+    lm_head/kernel                        D V    ('embed', 'vocab')   untied only
+
+    * Qwen2, or Llama with attention_bias   ** Llama with attention_bias
+    *** Llama with mlp_bias
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sft_jax.errors import UserInputError
+from sft_jax.models import axes, layers
+from sft_jax.models.bert import canonical_dtype
+from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
+
+Array = jax.Array
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
+# Defaults that differ between the families (HF config classes), used when a key is absent.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"max_position_embeddings": 2048},
+    "mistral": {"max_position_embeddings": 4096 * 32, "num_key_value_heads": 8},
+    "qwen2": {"max_position_embeddings": 32768, "num_key_value_heads": 32},
+}
+
+
+def hf_token_ids(value: Any) -> int | tuple[int, ...] | None:
+    """A config's bos/eos id(s), hashable (a list becomes a tuple)."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture of a Llama-family decoder (HF field names where HF has them) plus our
+    dtypes. Resolved at `from_hf`: `num_key_value_heads`, `head_dim`, the biases implied
+    by `model_type`, and `layer_types` ('full_attention' / 'sliding_attention' per layer).
+    `hidden_dropout` is ours (HF Llama has no residual dropout; 0.0 reproduces it).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope: Rope = dataclasses.field(default_factory=Rope)
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    initializer_range: float = 0.02
+    pad_token_id: int | None = None
+    bos_token_id: int | tuple[int, ...] | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    model_type: str = "llama"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def hidden_dropout_prob(self) -> float:
+        """The classifier's default dropout (`SequenceClassifier`)."""
+        return self.hidden_dropout
+
+    @property
+    def classifier_dropout(self) -> float:
+        """No dropout before the classifier, as HF's `...ForSequenceClassification`."""
+        return 0.0
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of layer `layer` (None: full causal attention)."""
+        sliding = self.layer_types and self.layer_types[layer] == "sliding_attention"
+        return self.sliding_window if sliding else None
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf: Mapping[str, Any],
+        *,
+        dtype: Any = "float32",
+        param_dtype: Any = "float32",
+        where: str = "config.json",
+    ) -> LlamaConfig:
+        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
+        model_type = hf.get("model_type", "llama")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UserInputError(
+                f"{where}: model_type {model_type!r} is not a Llama-family decoder "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        missing = [k for k in _REQUIRED if k not in hf]
+        if missing:
+            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        hf = {**_FAMILY_DEFAULTS[model_type], **hf}
+        act = hf.get("hidden_act", "silu")
+        if act not in layers.ACTIVATIONS:
+            raise UserInputError(
+                f"{where}: hidden_act {act!r} is not supported "
+                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
+            )
+        n = hf["num_attention_heads"]
+        kv = hf.get("num_key_value_heads") or n
+        if n % kv:
+            raise UserInputError(
+                f"{where}: num_attention_heads {n} is not a multiple of num_key_value_heads {kv}"
+            )
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // n
+        if not hf.get("head_dim") and hf["hidden_size"] % n:
+            raise UserInputError(
+                f"{where}: hidden_size {hf['hidden_size']} is not a multiple of "
+                f"num_attention_heads {n} (and no head_dim is given)"
+            )
+        if head_dim % 2:
+            raise UserInputError(f"{where}: head_dim {head_dim} must be even for RoPE")
+        num_layers = hf["num_hidden_layers"]
+        sliding_window, layer_types = _sliding(hf, model_type, num_layers, where=where)
+        attention_bias = bool(hf.get("attention_bias", False))
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_hidden_layers=num_layers,
+            num_attention_heads=n,
+            intermediate_size=hf["intermediate_size"],
+            num_key_value_heads=kv,
+            head_dim=head_dim,
+            hidden_act=act,
+            max_position_embeddings=hf["max_position_embeddings"],
+            rms_norm_eps=hf.get("rms_norm_eps") or 1e-6,
+            rope=Rope.from_hf(
+                hf, max_position_embeddings=hf["max_position_embeddings"], where=where
+            ),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or (model_type == "llama" and attention_bias),
+            out_bias=model_type == "llama" and attention_bias,
+            mlp_bias=model_type == "llama" and bool(hf.get("mlp_bias", False)),
+            sliding_window=sliding_window,
+            layer_types=layer_types,
+            attention_dropout=float(hf.get("attention_dropout") or 0.0),
+            hidden_dropout=float(hf.get("hidden_dropout") or 0.0),
+            initializer_range=hf.get("initializer_range") or 0.02,
+            pad_token_id=hf.get("pad_token_id"),
+            bos_token_id=hf_token_ids(hf.get("bos_token_id")),
+            eos_token_id=hf_token_ids(hf.get("eos_token_id")),
+            model_type=model_type,
+            dtype=canonical_dtype(dtype),
+            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The Hugging Face config fields this config determines (no dtype fields)."""
+        out: dict[str, Any] = {
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_dropout": self.attention_dropout,
+            "initializer_range": self.initializer_range,
+            "pad_token_id": self.pad_token_id,
+            "bos_token_id": token_ids_to_hf(self.bos_token_id),
+            "eos_token_id": token_ids_to_hf(self.eos_token_id),
+            **self.rope.to_hf(),
+        }
+        if self.model_type == "llama":
+            out["attention_bias"] = self.qkv_bias
+            out["mlp_bias"] = self.mlp_bias
+        elif self.model_type == "mistral":
+            out["sliding_window"] = self.sliding_window
+        else:  # qwen2
+            out["use_sliding_window"] = self.sliding_window is not None
+            out["sliding_window"] = self.sliding_window
+            out["layer_types"] = list(self.layer_types)
+        return out
+
+
+def token_ids_to_hf(value: Any) -> Any:
+    """Inverse of `hf_token_ids` (a tuple goes back to a JSON list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _sliding(
+    hf: Mapping[str, Any], model_type: str, num_layers: int, *, where: str
+) -> tuple[int | None, tuple[str, ...]]:
+    """(sliding_window, layer_types) as transformers resolves them for each family."""
+    if model_type == "llama":
+        return None, ("full_attention",) * num_layers
+    if model_type == "mistral":
+        window = hf.get("sliding_window", 4096)
+        kind = "full_attention" if window is None else "sliding_attention"
+        return window, (kind,) * num_layers
+    window = hf.get("sliding_window", 4096) if hf.get("use_sliding_window", False) else None
+    types = hf.get("layer_types")
+    if types is None:
+        first_sliding = hf.get("max_window_layers", 28)
+        types = [
+            "sliding_attention" if window is not None and i >= first_sliding else "full_attention"
+            for i in range(num_layers)
+        ]
+    if len(types) != num_layers or set(types) - {"full_attention", "sliding_attention"}:
+        raise UserInputError(f"{where}: layer_types must list {num_layers} attention types")
+    if window is None:
+        types = ["full_attention"] * num_layers
+    return window, tuple(types)
+
+
+def init_cache(
+    config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None
+) -> dict[str, Any]:
+    """An empty KV cache for `config` (see the module docstring); dtype: config.dtype."""
+    return layers.init_kv_cache(
+        batch_size,
+        max_length,
+        num_layers=config.num_hidden_layers,
+        num_kv_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
+    )
+
+
+def decoder_inputs(
+    input_ids: Array,
+    positions: Array | None,
+    segment_ids: Array | None,
+    cache: Mapping[str, Any] | None,
+    sliding_windows: set[int | None],
+) -> tuple[Array, Array, dict[int | None, Array], Array | None, Array]:
+    """Defaults and masks of the decoder batch contract, shared by the decoder families.
+
+    Returns (positions [B,T], segment_ids [B,T], {window: mask [B,1,T,S]}, cache index or
+    None, key segment ids [B,S] (the updated cache's, or segment_ids without a cache)).
+    """
+    b, t = input_ids.shape
+    if segment_ids is None:
+        segment_ids = jnp.ones((b, t), jnp.int32)
+    segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    if cache is None:
+        index, key_segments = None, segment_ids
+        slots = jnp.arange(t)
+    else:
+        index = cache["index"]
+        key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
+        slots = index + jnp.arange(t)
+    if positions is None:
+        positions = jnp.broadcast_to(slots, (b, t))
+    masks = {
+        w: layers.decoder_mask(segment_ids, key_segments, slots, sliding_window=w)
+        for w in sliding_windows
+    }
+    return jnp.asarray(positions, jnp.int32), segment_ids, masks, index, key_segments
+
+
+class LlamaLayer(nn.Module):
+    """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x)) (SwiGLU)."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,  # B T D
+        mask: Array,  # B 1 T S
+        qk_transform: layers.QKTransform,
+        *,
+        kv_cache: dict[str, Array] | None,
+        cache_index: Array | None,
+        deterministic: bool,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        cfg = self.config
+        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        init = nn.initializers.normal(cfg.initializer_range)
+        h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="attention_norm", **kw)(x)
+        h = layers.Attention(
+            num_heads=cfg.num_attention_heads,
+            head_dim=cfg.head_dim,
+            num_kv_heads=cfg.num_key_value_heads,
+            use_bias=cfg.qkv_bias,
+            out_bias=cfg.out_bias,
+            dropout_rate=cfg.attention_dropout,
+            kernel_init=init,
+            name="attention",
+            **kw,
+        )(
+            h,
+            mask=mask,
+            qk_transform=qk_transform,
+            kv_cache=kv_cache,
+            cache_index=cache_index,
+            deterministic=deterministic,
+        )
+        if kv_cache is not None:
+            h, kv_cache = h
+        x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+        h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="mlp_norm", **kw)(x)
+        h = layers.Mlp(
+            hidden_dim=cfg.intermediate_size,
+            activation=cfg.hidden_act,
+            gated=True,
+            use_bias=cfg.mlp_bias,
+            kernel_init=init,
+            name="mlp",
+            **kw,
+        )(h)
+        x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+        return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
+
+
+class LlamaModel(nn.Module):
+    """Llama / Mistral / Qwen2 causal LM (see the module docstring for the call contract).
+
+    Attributes:
+      config: the architecture.
+      with_lm_head: False drops the LM head (no 'logits'; no `lm_head` params): the
+        backbone inside a `SequenceClassifier`.
+    """
+
+    config: LlamaConfig
+    with_lm_head: bool = True
+    is_decoder: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,  # B T
+        *,
+        positions: Array | None = None,  # B T
+        segment_ids: Array | None = None,  # B T
+        cache: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        init = nn.initializers.normal(cfg.initializer_range)
+        windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
+        positions, segment_ids, masks, index, key_segments = decoder_inputs(
+            input_ids, positions, segment_ids, cache, set(windows)
+        )
+        embed = layers.embed(
+            cfg.vocab_size, cfg.hidden_size, row_axis=axes.VOCAB, init=init, name="embed", **kw
+        )
+        x = embed(input_ids)  # B T D
+        inv_freq, scaling = inverse_frequencies(cfg.rope, cfg.head_dim)
+
+        def rotate(q: Array, k: Array) -> tuple[Array, Array]:
+            return (
+                apply_rope(q, positions, inv_freq, scaling),
+                apply_rope(k, positions, inv_freq, scaling),
+            )
+
+        new_layers = []
+        for i in range(cfg.num_hidden_layers):
+            x, layer_cache = LlamaLayer(cfg, name=f"layer_{i}")(
+                x,
+                masks[windows[i]],
+                rotate,
+                kv_cache=None if cache is None else cache["layers"][i],
+                cache_index=index,
+                deterministic=deterministic,
+            )
+            new_layers.append(layer_cache)
+        x = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="final_norm", **kw)(x)  # B T D
+        new_cache = None
+        if cache is not None:
+            t = input_ids.shape[1]
+            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
+        out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
+        if self.with_lm_head:
+            out["logits"] = lm_logits(x, embed, cfg, init, **kw)
+        return out
+
+
+def lm_logits(
+    x: Array,  # B T D
+    embed: nn.Embed,
+    cfg: Any,
+    init: layers.Initializer,
+    *,
+    dtype: Any,
+    param_dtype: Any,
+) -> Array:  # B T V float32
+    """Tied (`embed.attend`) or untied (`lm_head`, no bias) LM head, in float32."""
+    if cfg.tie_word_embeddings:
+        logits = embed.attend(x)
+    else:
+        logits = layers.DenseGeneral(
+            features=cfg.vocab_size,
+            kernel_axes=(axes.EMBED, axes.VOCAB),
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=init,
+            name="lm_head",
+        )(x)
+    logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
+    return logits.astype(jnp.float32)
