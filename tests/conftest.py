@@ -54,6 +54,15 @@ def write_tiny_corpus(path: Path, sizes=(64, 32, 32), seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _full_precision_matmuls():
+    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

@@ -20,14 +20,6 @@ from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
 from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
 from sft_jax.models import BertConfig
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 TINY = {
     "vocab_size": 99,
     "hidden_size": 32,

@@ -24,14 +24,6 @@ from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretra
 from sft_jax.models import Gpt2Config, LlamaConfig, LlamaModel, SequenceClassifier
 from sft_jax.pretrained import pretrained_params
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 V = 64
 LLAMA = {
     "vocab_size": V,

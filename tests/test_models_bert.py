@@ -17,14 +17,6 @@ from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
 from sft_jax.models import BertConfig, BertModel, SequenceClassifier, axes, build_model, layers
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 TINY = {
     "vocab_size": 99,
     "hidden_size": 32,

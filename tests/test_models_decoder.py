@@ -29,14 +29,6 @@ from sft_jax.models import (
     rope,
 )
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 V = 64
 LLAMA = {
     "vocab_size": V,

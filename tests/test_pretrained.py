@@ -16,14 +16,6 @@ from sft_jax.hf.checkpoint_dir import load_state_dict
 from sft_jax.hf.export import export_pretrained
 from sft_jax.pretrained import merge_params, pretrained_params
 
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-    """Parity tolerances assume true fp32 matmuls (GPUs may default to TF32)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "JAX compiles NumPy programs for accelerators!",
