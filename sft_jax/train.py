@@ -105,8 +105,8 @@ class Trainer:
         self.total_steps = int(config.train.steps)
 
         if self.mode == "pmap":  # state lives on one device, then is replicated
-            self.mesh = parallel.Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1),
-                                      parallel.MESH_AXES)
+            self.mesh = jax.sharding.Mesh(
+                np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1), parallel.MESH_AXES)
         else:
             self.mesh = parallel.make_mesh(config.mesh)
         self.rules = parallel.logical_rules(config.mesh)

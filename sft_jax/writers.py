@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +67,6 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
-        self.last = time.perf_counter()
 
     def update(self, loss: float | None = None) -> None:
         if self.bar is None:
