@@ -264,14 +264,13 @@ def test_bad_records_name_their_place(smollm2, record, message):
         chat.encode_example({**record, "_where": "f.jsonl:1"}, smollm2)
 
 
-def test_real_smollm2_tokenizer_when_its_asset_is_cached():
-    """The real SmolLM2 tokenizer and template, only if another test or run fetched it."""
+def test_real_smollm2_tokenizer():
+    """The real SmolLM2 tokenizer and ChatML template (the `smollm2-135m-instruct` asset)."""
+    import transformers
+
     from sft_jax import assets
 
-    if not assets.is_asset("smollm2-135m-instruct") or not (
-            path := assets.get("smollm2-135m-instruct").path()).is_dir():
-        pytest.skip("asset smollm2-135m-instruct is not in the cache (no network in tests)")
-    import transformers
+    path = assets.fetch("smollm2-135m-instruct")
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     ex = chat.encode_example({"messages": CONVERSATION}, tokenizer)
