@@ -73,6 +73,30 @@ def tiny_corpus_dir(tmp_path_factory) -> Path:
     return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
 
 
+# Tiny decoder configs (HF config.json fields) for parity tests.
+V = 64
+LLAMA = {
+    "vocab_size": V,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 48,
+    "max_position_embeddings": 64,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+GPT2 = {
+    "vocab_size": V,
+    "n_embd": 32,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 64,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import GPT2, LLAMA, V
 from safetensors.numpy import load_file
 
 from sft_jax import load_pretrained
@@ -24,27 +25,6 @@ from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretra
 from sft_jax.models import Gpt2Config, LlamaConfig, LlamaModel, SequenceClassifier
 from sft_jax.pretrained import pretrained_params
 
-V = 64
-LLAMA = {
-    "vocab_size": V,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 48,
-    "max_position_embeddings": 64,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
-GPT2 = {
-    "vocab_size": V,
-    "n_embd": 32,
-    "n_layer": 2,
-    "n_head": 4,
-    "n_positions": 64,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-}
 T = transformers
 FAMILY = {  # model_type: (HF config class, causal LM, sequence classifier, tiny config)
     "llama": (T.LlamaConfig, T.LlamaForCausalLM, T.LlamaForSequenceClassification, LLAMA),

@@ -18,7 +18,6 @@ unless `tie_word_embeddings` is false (then `lm_head.weight` [V, D]).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,18 +25,14 @@ import numpy as np
 from sft_jax.hf.llama import (
     Entry,
     Params,
+    decoder_params_from_hf,
     detect_prefix,
-    has_all,
     head_entries,
-    log_unused,
     put,
     same,
-    take,
     to_numpy,
 )
 from sft_jax.models.gpt2 import Gpt2Config
-
-log = logging.getLogger(__name__)
 
 ARCHITECTURES = {
     "gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification", "GPT2Model"),
@@ -123,24 +118,11 @@ def params_from_hf(
     """Numpy params from an HF state dict; same contract as `hf.llama.params_from_hf`
     (prefix 'transformer.' or none; `with_head` -> `{'encoder', 'classifier'?}`)."""
     prefix = detect_prefix(state, "wte.weight", (PREFIX, ""), where=where, what="gpt2")
-    dtype = np.dtype(config.param_dtype)
-    backbone = _backbone(config)
-    params = take(state, backbone, prefix, dtype, where=where)
-    known = {prefix + e.hf_name for e in backbone} | {"lm_head.weight", "score.weight"}
-    log_unused(state, known, _IGNORED_SUFFIXES)
-    if with_head:
-        out: Params = {"encoder": params}
-        if "score.weight" in state:
-            num_labels = state["score.weight"].shape[0]
-            head = head_entries("score", config.n_embd, num_labels, ())
-            out["classifier"] = take(state, head, "", dtype, where=where)
-        return out
-    if not config.tie_word_embeddings:
-        if has_all(state, "", _lm_head(config)):
-            params.update(take(state, _lm_head(config), "", dtype, where=where))
-        else:
-            log.warning("%s: no lm_head.weight for an untied model; it is initialised", where)
-    return params
+    return decoder_params_from_hf(
+        state, config, prefix=prefix, backbone=_backbone(config), lm_head=_lm_head(config),
+        score=lambda n: head_entries("score", config.n_embd, n, ()),
+        ignored=_IGNORED_SUFFIXES, with_head=with_head, where=where,
+    )
 
 
 def params_to_hf(

@@ -232,20 +232,40 @@ def params_from_hf(
     prefix = detect_prefix(
         state, "embed_tokens.weight", (PREFIX, ""), where=where, what=config.model_type
     )
+    return decoder_params_from_hf(
+        state, config, prefix=prefix, backbone=_backbone(config), lm_head=_lm_head(config),
+        score=lambda n: _score(config, n), ignored=_IGNORED_SUFFIXES, with_head=with_head,
+        where=where,
+    )
+
+
+def decoder_params_from_hf(
+    state: Mapping[str, np.ndarray],
+    config: Any,
+    *,
+    prefix: str,
+    backbone: list[Entry],
+    lm_head: list[Entry],
+    score: Callable[[int], list[Entry]],
+    ignored: Sequence[str],
+    with_head: bool,
+    where: str,
+) -> Params:
+    """The reading shared by the decoder families: backbone, then either the classifier
+    (`{'encoder', 'classifier'?}`) or, for untied models, the LM head when present."""
     dtype = np.dtype(config.param_dtype)
-    backbone = _backbone(config)
     params = take(state, backbone, prefix, dtype, where=where)
     known = {prefix + e.hf_name for e in backbone} | {"lm_head.weight", "score.weight"}
-    log_unused(state, known, _IGNORED_SUFFIXES)
+    log_unused(state, known, ignored)
     if with_head:
         out: Params = {"encoder": params}
         if "score.weight" in state:
-            num_labels = state["score.weight"].shape[0]
-            out["classifier"] = take(state, _score(config, num_labels), "", dtype, where=where)
+            out["classifier"] = take(state, score(state["score.weight"].shape[0]), "", dtype,
+                                     where=where)
         return out
     if not config.tie_word_embeddings:
-        if has_all(state, "", _lm_head(config)):
-            params.update(take(state, _lm_head(config), "", dtype, where=where))
+        if has_all(state, "", lm_head):
+            params.update(take(state, lm_head, "", dtype, where=where))
         else:
             log.warning("%s: no lm_head.weight for an untied model; it is initialised", where)
     return params
