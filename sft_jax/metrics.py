@@ -8,16 +8,20 @@ Zero division follows scikit-learn's default with ``zero_division=0``: a class n
 predicted has precision 0, a class absent from the labels has recall 0, and F1 is
 ``2·tp / (2·tp + fp + fn)``, 0 when that denominator is 0 (as in scikit-learn ≥ 1.3).
 
-Generation metrics (BLEU/chrF, ROUGE) have their own section below.
+Generation metrics: corpus BLEU and chrF (sacrebleu, with signatures) and ROUGE
+(rouge-score); see their section below for the reference layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from sft_jax.errors import UserInputError
 
 # --------------------------------------------------------------------------------------
 # Classification
@@ -227,9 +231,208 @@ def perplexity(total_nll: float, total_tokens: float) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# Generation (translation, summarization, dialogue) — to be added
+# Generation (translation, summarization, dialogue)
 # --------------------------------------------------------------------------------------
-# Corpus-level BLEU and chrF via sacrebleu (`sacrebleu.corpus_bleu`/`corpus_chrf`, with
-# the signature logged), ROUGE-1/2/L(sum) via rouge-score (`rouge_scorer.RougeScorer`,
-# stemming on, F-measure aggregated over the corpus). Same shape as above: flat
-# ``dict[str, float]`` scalars for TensorBoard, anything bulky kept beside them.
+# Corpus-level BLEU and chrF via sacrebleu's metric objects (so the signature, which pins
+# tokenizer, casing, smoothing and version, can be logged beside the score), ROUGE via
+# rouge-score's `RougeScorer`, per-example scores averaged over the corpus. sacrebleu and
+# rouge-score (which imports nltk, ~1 s) are imported inside the functions so that
+# classification-only runs do not pay for them.
+#
+# References, for every function here, are *per hypothesis*: ``references[i]`` is either
+# one string or a non-empty sequence of strings, all references of ``hypotheses[i]``
+# (Hugging Face `evaluate`'s layout). Examples may have different numbers of references.
+# sacrebleu's own "reference streams" layout (``streams[k][i]`` = k-th reference of
+# example i) is *not* accepted: the two cannot be told apart when there are as many
+# streams as examples. Use ``[list(refs) for refs in zip(*streams)]`` to convert.
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+# A sentence ends at . ! ? or … , optionally followed by closing quotes or brackets, then
+# whitespace.
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’»)\]]*\s+")
+
+
+def corpus_bleu(
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    tokenize: str = "13a",
+    lowercase: bool = False,
+) -> dict:
+    """Corpus BLEU (sacrebleu defaults: exponential smoothing, max n-gram order 4).
+
+    Args:
+      hypotheses: one detokenized string per example.
+      references: per hypothesis, one string or a sequence of strings (see the section
+        comment above).
+      tokenize: a sacrebleu tokenizer name: ``13a`` (the WMT default), ``intl``, ``zh``,
+        ``char``, ``none``, ... (``ja-mecab``/``ko-mecab`` need extra packages).
+      lowercase: case-insensitive BLEU.
+
+    Returns:
+      ``bleu`` (0-100), ``bleu_bp`` (brevity penalty, 0-1), ``bleu_sys_len`` and
+      ``bleu_ref_len`` (token counts) as numbers; ``bleu_precisions``, a list of the four
+      n-gram precisions (0-100); ``bleu_signature``, e.g.
+      ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`` (``nrefs:var`` when
+      examples have different numbers of references). Only the numbers are scalars for
+      TensorBoard.
+    """
+    from sacrebleu.metrics import BLEU
+
+    streams = _reference_streams(hypotheses, references, "corpus_bleu")
+    try:
+        metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+    except KeyError:
+        raise UserInputError(
+            f"corpus_bleu: unknown tokenize={tokenize!r}; choose one of "
+            f"{', '.join(sorted(BLEU.TOKENIZERS))}"
+        ) from None
+    score = metric.corpus_score(list(hypotheses), streams)
+    return {
+        "bleu": float(score.score),
+        "bleu_precisions": [float(p) for p in score.precisions],
+        "bleu_bp": float(score.bp),
+        "bleu_sys_len": int(score.sys_len),
+        "bleu_ref_len": int(score.ref_len),
+        "bleu_signature": str(metric.get_signature()),
+    }
+
+
+def corpus_chrf(
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    word_order: int = 0,
+) -> dict:
+    """Corpus chrF (character 6-grams, beta 2), or chrF++ with ``word_order=2``.
+
+    References are per hypothesis, as for `corpus_bleu`. Returns ``chrf`` (0-100) and
+    ``chrf_signature``; the keys are the same for chrF++, whose signature reads ``nw:2``.
+    """
+    from sacrebleu.metrics import CHRF
+
+    streams = _reference_streams(hypotheses, references, "corpus_chrf")
+    if word_order not in (0, 1, 2):
+        raise UserInputError(f"corpus_chrf: word_order must be 0, 1 or 2, got {word_order!r}")
+    metric = CHRF(word_order=word_order)
+    score = metric.corpus_score(list(hypotheses), streams)
+    return {"chrf": float(score.score), "chrf_signature": str(metric.get_signature())}
+
+
+def rouge(
+    predictions: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    types: Sequence[str] = ROUGE_TYPES,
+    use_stemmer: bool = True,
+) -> dict[str, float]:
+    """ROUGE F-measure, precision and recall (×100), each averaged over examples.
+
+    Computed by rouge-score's `RougeScorer`; with several references for an example, its
+    `score_multi` keeps, per ROUGE type, the reference with the best F-measure.
+
+    ``rougeLsum`` is summary-level LCS over sentences, and rouge-score finds sentences
+    *only* at newlines: put one sentence per line in predictions and references (e.g. with
+    `split_sentences_newlines`), or ``rougeLsum`` is just ``rougeL``.
+
+    rouge-score's tokenizer is English-centric: it lowercases and keeps only ``[a-z0-9]``
+    runs, so accented letters split words (``canción`` → ``canci``, ``n``), and the Porter
+    stemmer is English. Scores on other languages are comparable among themselves only.
+
+    Args:
+      predictions: one string per example.
+      references: per prediction, one string or a sequence of strings.
+      types: ROUGE types: ``rouge1`` ... ``rouge9``, ``rougeL``, ``rougeLsum``.
+      use_stemmer: Porter-stem tokens before matching (the usual setting for papers).
+
+    Returns:
+      For each type ``t``: ``t`` (the F-measure), ``t_precision`` and ``t_recall``.
+    """
+    from rouge_score import rouge_scorer
+
+    streams = _reference_streams(predictions, references, "rouge")
+    types = [types] if isinstance(types, str) else list(types)
+    bad = [t for t in types if not re.fullmatch(r"rouge[1-9]|rougeL|rougeLsum", t)]
+    if not types or bad:
+        raise UserInputError(
+            f"rouge: unknown ROUGE types {bad or types}; use rouge1..rouge9, rougeL, rougeLsum"
+        )
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=use_stemmer)
+    totals = {t: np.zeros(3) for t in types}  # precision, recall, F-measure
+    for i, prediction in enumerate(predictions):
+        refs = [stream[i] for stream in streams if stream[i] is not None]
+        if len(refs) == 1:
+            scores = scorer.score(refs[0], prediction)
+        else:
+            scores = scorer.score_multi(refs, prediction)
+        for t in types:
+            totals[t] += scores[t]
+    out: dict[str, float] = {}
+    for t in types:
+        precision, recall, fmeasure = 100 * totals[t] / len(predictions)
+        out[t] = float(fmeasure)
+        out[f"{t}_precision"] = float(precision)
+        out[f"{t}_recall"] = float(recall)
+    return out
+
+
+def split_sentences_newlines(text: str) -> str:
+    """One sentence per line, for ``rougeLsum``; a simple rule, no nltk data needed.
+
+    A sentence ends at ``.``, ``!``, ``?`` or ``…`` (optionally followed by closing quotes
+    or brackets) followed by whitespace, unless the next character is a lowercase letter
+    (so ``e.g. this`` stays whole). That whitespace becomes a newline; existing line breaks
+    are kept, and lines are stripped, empty ones dropped. Abbreviations before a capital
+    (``Dr. Smith``) are split: good enough for ROUGE-Lsum, not for linguistics.
+    """
+    pieces, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if end < len(text) and text[end].islower():
+            continue
+        pieces.append(text[start : match.start()] + match.group().rstrip())
+        start = end
+    pieces.append(text[start:])
+    lines = (line.strip() for piece in pieces for line in piece.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _reference_streams(
+    hypotheses: Sequence[str], references: Sequence, caller: str
+) -> list[list[str | None]]:
+    """Per-hypothesis references → sacrebleu reference streams, padded with None.
+
+    Checks the inputs: a non-empty sequence of strings, one (non-empty) reference entry per
+    hypothesis. Raises `UserInputError` otherwise.
+    """
+    for name, value in (("hypotheses", hypotheses), ("references", references)):
+        if isinstance(value, str):
+            raise UserInputError(f"{caller}: {name} must be a sequence of strings, not a str")
+    if len(hypotheses) == 0:
+        raise UserInputError(f"{caller}: no hypotheses (empty input)")
+    if len(hypotheses) != len(references):
+        raise UserInputError(
+            f"{caller}: {len(hypotheses)} hypotheses but {len(references)} references; "
+            "give one reference (or one list of references) per hypothesis"
+        )
+    for i, hypothesis in enumerate(hypotheses):
+        if not isinstance(hypothesis, str):
+            raise UserInputError(
+                f"{caller}: hypotheses[{i}] is {type(hypothesis).__name__}, not str"
+            )
+    per_example: list[list[str]] = []
+    for i, refs in enumerate(references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        if not refs:
+            raise UserInputError(f"{caller}: references[{i}] is empty")
+        for ref in refs:
+            if not isinstance(ref, str):
+                raise UserInputError(
+                    f"{caller}: references[{i}] holds a {type(ref).__name__}, not str"
+                )
+        per_example.append(refs)
+    num_streams = max(len(refs) for refs in per_example)
+    return [
+        [refs[k] if k < len(refs) else None for refs in per_example] for k in range(num_streams)
+    ]
