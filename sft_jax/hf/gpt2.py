@@ -26,6 +26,7 @@ from sft_jax.hf.llama import (
     Entry,
     Params,
     decoder_params_from_hf,
+    decoder_params_to_hf,
     detect_prefix,
     head_entries,
     put,
@@ -130,12 +131,8 @@ def params_to_hf(
 ) -> dict[str, np.ndarray]:
     """HF `GPT2LMHeadModel` state dict (float32) from `Gpt2Model` params; `base_model=True`:
     bare `GPT2Model` names (no prefix, no LM head)."""
-    params = to_numpy(params)
-    out: dict[str, np.ndarray] = {}
-    put(params, _backbone(config), "" if base_model else PREFIX, out)
-    if not base_model and not config.tie_word_embeddings:
-        put(params, _lm_head(config), "", out)
-    return out
+    return decoder_params_to_hf(params, config, prefix=PREFIX, backbone=_backbone(config),
+                                lm_head=_lm_head(config), base_model=base_model)
 
 
 def classifier_to_hf(params: Params, config: Gpt2Config) -> dict[str, np.ndarray]:

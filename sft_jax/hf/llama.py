@@ -282,11 +282,26 @@ def params_to_hf(
     `base_model=True`: the bare `...Model` names (no 'model.' prefix, no LM head), from
     LM params or a classifier's backbone. Accepts boxed, jax or numpy arrays.
     """
+    return decoder_params_to_hf(params, config, prefix=PREFIX, backbone=_backbone(config),
+                                lm_head=_lm_head(config), base_model=base_model)
+
+
+def decoder_params_to_hf(
+    params: Params,
+    config: Any,
+    *,
+    prefix: str,
+    backbone: list[Entry],
+    lm_head: list[Entry],
+    base_model: bool,
+) -> dict[str, np.ndarray]:
+    """The writing shared by the decoder families: backbone under `prefix` (none for a
+    bare base model), then the LM head of an untied model."""
     params = to_numpy(params)
     out: dict[str, np.ndarray] = {}
-    put(params, _backbone(config), "" if base_model else PREFIX, out)
+    put(params, backbone, "" if base_model else prefix, out)
     if not base_model and not config.tie_word_embeddings:
-        put(params, _lm_head(config), "", out)
+        put(params, lm_head, "", out)
     return out
 
 
