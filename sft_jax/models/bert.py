@@ -17,6 +17,12 @@ Parameter tree (our names; `sft_jax/hf/bert.py` maps them to Hugging Face):
     layer_{i}/mlp/wo/kernel              F D      ('mlp', 'embed'), bias D
     layer_{i}/mlp_norm/{scale,bias}
     pooler/kernel                        D D      ('embed', 'mlp'), bias D   (optional)
+
+Rematerialisation (`remat_policy`, shared by every family through `remat_layer`):
+'none' keeps every layer activation for the backward pass; 'full' wraps each layer in
+`nn.remat` and recomputes all of it; 'dots' (`jax.checkpoint_policies.
+dots_with_no_batch_dims_saveable`) keeps the projection/MLP matmul outputs and recomputes
+the rest (norms, activations, attention). The parameter tree does not change.
 """
 
 from __future__ import annotations
@@ -44,6 +50,31 @@ _REQUIRED = (
     "num_attention_heads",
     "intermediate_size",
 )
+# Our fields that no HF config.json sets (model_type is read separately).
+_NOT_HF = ("dtype", "param_dtype", "model_type", "remat_policy")
+
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def check_remat_policy(policy: str) -> None:
+    if policy not in REMAT_POLICIES:
+        raise UserInputError(
+            f"model.remat: unknown policy {policy!r} ({', '.join(REMAT_POLICIES)})"
+        )
+
+
+def remat_layer(layer_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
+    """`layer_cls`, or it wrapped in `nn.remat` with `policy` (see the module docstring).
+
+    `static_argnums` count `self` as 0 and must cover every non-array argument
+    (Python bools, functions); the wrapped layer must be called positionally.
+    """
+    check_remat_policy(policy)
+    if policy == "none":
+        return layer_cls
+    saveable = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    return nn.remat(layer_cls, policy=saveable[policy], static_argnums=static_argnums)
 
 
 def canonical_dtype(name: Any, *, where: str = "dtype") -> str:
@@ -65,7 +96,7 @@ class BertConfig:
 
     `dtype` is the compute dtype (activations, matmuls), `param_dtype` the storage dtype
     of the parameters; both are dtype names ('float32', 'bfloat16') so that the config
-    stays hashable.
+    stays hashable. `remat_policy` is ours (not an HF field): 'none', 'full' or 'dots'.
     """
 
     vocab_size: int
@@ -85,6 +116,10 @@ class BertConfig:
     model_type: str = "bert"
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self) -> None:
+        check_remat_policy(self.remat_policy)
 
     @property
     def head_dim(self) -> int:
@@ -136,7 +171,7 @@ class BertConfig:
         kwargs = {
             name: hf.get(name, defaults[name])
             for name in defaults
-            if name not in ("dtype", "param_dtype", "model_type")
+            if name not in _NOT_HF
         }
         if kwargs["pad_token_id"] is None:
             kwargs["pad_token_id"] = 0
@@ -152,7 +187,7 @@ class BertConfig:
         out = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("dtype", "param_dtype")
+            if f.name not in _NOT_HF or f.name == "model_type"
         }
         out["position_embedding_type"] = "absolute"
         return out
@@ -206,7 +241,7 @@ class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, *, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array | None, deterministic: bool = True) -> Array:
         cfg = self.config
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
         init = nn.initializers.normal(cfg.initializer_range)
@@ -264,8 +299,9 @@ class BertModel(nn.Module):
         )  # B T D
         pad = None if attention_mask is None else layers.padding_mask(attention_mask)
         mask = layers.combine_masks(pad, mask)  # B 1 1|T S
+        layer_cls = remat_layer(BertLayer, cfg.remat_policy, static_argnums=(3,))
         for i in range(cfg.num_hidden_layers):
-            x = BertLayer(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         out = {"last_hidden_state": x}
         if self.add_pooling_layer:
             pooled = layers.DenseGeneral(

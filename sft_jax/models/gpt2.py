@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype
+from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
 from sft_jax.models.llama import (
     decoder_inputs,
     hf_token_ids,
@@ -49,7 +49,8 @@ _REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
 
 @dataclasses.dataclass(frozen=True)
 class Gpt2Config:
-    """Architecture of a GPT-2 decoder (HF field names) plus our dtypes."""
+    """Architecture of a GPT-2 decoder (HF field names) plus our dtypes and
+    `remat_policy` ('none', 'full', 'dots'; `bert.remat_layer`; calls without a cache)."""
 
     vocab_size: int
     n_embd: int
@@ -72,6 +73,10 @@ class Gpt2Config:
     model_type: str = "gpt2"
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self) -> None:
+        check_remat_policy(self.remat_policy)
 
     # The generic names other code reads (SequenceClassifier, init_cache, the converter).
     @property
@@ -143,7 +148,7 @@ class Gpt2Config:
         kwargs = {
             name: hf.get(name, defaults[name])
             for name in defaults
-            if name not in ("dtype", "param_dtype", "model_type")
+            if name not in ("dtype", "param_dtype", "model_type", "remat_policy")
         }
         kwargs["bos_token_id"] = hf_token_ids(kwargs["bos_token_id"])
         kwargs["eos_token_id"] = hf_token_ids(kwargs["eos_token_id"])
@@ -159,7 +164,7 @@ class Gpt2Config:
         out = {
             f.name: token_ids_to_hf(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if f.name not in ("dtype", "param_dtype")
+            if f.name not in ("dtype", "param_dtype", "remat_policy")
         }
         # reorder_and_upcast_attn only changes fp16 rounding; ours always upcasts.
         out["reorder_and_upcast_attn"] = False
@@ -191,10 +196,9 @@ class Gpt2Layer(nn.Module):
         self,
         x: Array,  # B T D
         mask: Array,  # B 1 T S
-        *,
-        kv_cache: dict[str, Array] | None,
-        cache_index: Array | None,
-        deterministic: bool,
+        kv_cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+        deterministic: bool = True,
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
@@ -263,14 +267,16 @@ class Gpt2Model(nn.Module):
         )
         x = embed(input_ids) + position(positions)  # B T D
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
+        policy = cfg.remat_policy if cache is None else "none"
+        layer_cls = remat_layer(Gpt2Layer, policy, static_argnums=(5,))
         new_layers = []
         for i in range(cfg.n_layer):
-            x, layer_cache = Gpt2Layer(cfg, i, name=f"layer_{i}")(
+            x, layer_cache = layer_cls(cfg, i, name=f"layer_{i}")(
                 x,
                 masks[None],
-                kv_cache=None if cache is None else cache["layers"][i],
-                cache_index=index,
-                deterministic=deterministic,
+                None if cache is None else cache["layers"][i],
+                index,
+                deterministic,
             )
             new_layers.append(layer_cache)
         x = layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **kw)(x)

@@ -73,7 +73,7 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype
+from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
@@ -105,7 +105,9 @@ class LlamaConfig:
     """Architecture of a Llama-family decoder (HF field names where HF has them) plus our
     dtypes. Resolved at `from_hf`: `num_key_value_heads`, `head_dim`, the biases implied
     by `model_type`, and `layer_types` ('full_attention' / 'sliding_attention' per layer).
-    `hidden_dropout` is ours (HF Llama has no residual dropout; 0.0 reproduces it).
+    `hidden_dropout` is ours (HF Llama has no residual dropout; 0.0 reproduces it), and
+    so is `remat_policy` ('none', 'full', 'dots'; `bert.remat_layer`), which applies to
+    calls without a KV cache.
     """
 
     vocab_size: int
@@ -134,6 +136,10 @@ class LlamaConfig:
     model_type: str = "llama"
     dtype: str = "float32"
     param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self) -> None:
+        check_remat_policy(self.remat_policy)
 
     @property
     def hidden_dropout_prob(self) -> float:
@@ -345,10 +351,9 @@ class LlamaLayer(nn.Module):
         x: Array,  # B T D
         mask: Array,  # B 1 T S
         qk_transform: layers.QKTransform,
-        *,
-        kv_cache: dict[str, Array] | None,
-        cache_index: Array | None,
-        deterministic: bool,
+        kv_cache: dict[str, Array] | None = None,
+        cache_index: Array | None = None,
+        deterministic: bool = True,
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
@@ -431,15 +436,18 @@ class LlamaModel(nn.Module):
                 apply_rope(k, positions, inv_freq, scaling),
             )
 
+        # Rematerialisation only in calls without a cache (training, scoring).
+        policy = cfg.remat_policy if cache is None else "none"
+        layer_cls = remat_layer(LlamaLayer, policy, static_argnums=(3, 6))
         new_layers = []
         for i in range(cfg.num_hidden_layers):
-            x, layer_cache = LlamaLayer(cfg, name=f"layer_{i}")(
+            x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
                 x,
                 masks[windows[i]],
                 rotate,
-                kv_cache=None if cache is None else cache["layers"][i],
-                cache_index=index,
-                deterministic=deterministic,
+                None if cache is None else cache["layers"][i],
+                index,
+                deterministic,
             )
             new_layers.append(layer_cache)
         x = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="final_norm", **kw)(x)  # B T D
