@@ -111,7 +111,8 @@ def pretrained_params(
     """The checkpoint's params as a numpy tree (in `module_config.param_dtype`).
 
     `with_head=False`: the bare module's tree (`BertModel`; for a decoder, the causal LM
-    `LlamaModel` / `Gpt2Model`). `with_head=True`: the `SequenceClassifier` tree
+    `LlamaModel` / `Gpt2Model`; for an encoder-decoder, e.g. `T5Model`, the only choice).
+    `with_head=True`: the `SequenceClassifier` tree
     `{'encoder': ...}`, plus `'classifier'` when the directory holds a head that fits
     `num_labels` and `pooling` (a `...ForSequenceClassification` checkpoint for the
     family's HF pooling — 'pooler' for BERT, 'last' for decoders, the default when
@@ -124,6 +125,13 @@ def pretrained_params(
     family = registry.get_family(hf_config, where=str(root / CONFIG_FILE))
     converter = registry.converter_for(hf_config, where=str(root / CONFIG_FILE))
     state = load_state_dict(root)
+    if family.kind == "encoder-decoder":
+        if with_head:
+            raise UserInputError(
+                f"{root}: a classification head needs an encoder or decoder model, "
+                f"not encoder-decoder {hf_config['model_type']!r}"
+            )
+        return converter.params_from_hf(state, module_config, where=str(root))
     params = converter.params_from_hf(state, module_config, with_head=with_head, where=str(root))
     if not with_head:
         return params
@@ -181,9 +189,13 @@ def merge_params(
 
 
 def _init_inputs(module: nn.Module, config: Any) -> tuple[jax.Array, ...]:
-    """Example inputs for `module.init`: (ids, mask), or (ids,) for a bare decoder."""
-    length = min(8, config.max_position_embeddings - getattr(config, "position_offset", 0))
+    """Example inputs for `module.init`: (ids, mask), (ids,) for a bare decoder, or
+    (source ids, target ids) for an encoder-decoder."""
+    max_positions = getattr(config, "max_position_embeddings", 8)
+    length = min(8, max_positions - getattr(config, "position_offset", 0))
     ids = jnp.zeros((1, length), jnp.int32)
+    if registry.family_of(config).kind == "encoder-decoder":
+        return ids, ids
     return (ids,) if getattr(module, "is_decoder", False) else (ids, jnp.ones_like(ids))
 
 

@@ -18,7 +18,7 @@ from sft_jax.errors import UserInputError
 from sft_jax.hf import bert as hf_bert
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
 from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
-from sft_jax.models import BertConfig
+from sft_jax.models import BertConfig, registry
 
 TINY = {
     "vocab_size": 99,
@@ -277,7 +277,7 @@ def test_directory_errors(tmp_path):
         load_pretrained(root)
     assert str(err.value) == (
         f"{root}/config.json: model_type 'foo' is not supported "
-        "(supported: bert, roberta, llama, mistral, qwen2, gpt2)"
+        f"(supported: {', '.join(registry.FAMILIES)})"
     )
 
     (root / "config.json").write_text('{"model_type": "bert",\n "vocab_size": }')

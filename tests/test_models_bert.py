@@ -15,7 +15,15 @@ import transformers
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
-from sft_jax.models import BertConfig, BertModel, SequenceClassifier, axes, build_model, layers
+from sft_jax.models import (
+    BertConfig,
+    BertModel,
+    SequenceClassifier,
+    axes,
+    build_model,
+    layers,
+    registry,
+)
 
 TINY = {
     "vocab_size": 99,
@@ -258,7 +266,7 @@ def test_build_model_and_config_errors():
         build_model({**TINY, "model_type": "foo"}, where=where)
     assert str(err.value) == (
         "/models/x/config.json: model_type 'foo' is not supported "
-        "(supported: bert, roberta, llama, mistral, qwen2, gpt2)"
+        f"(supported: {', '.join(registry.FAMILIES)})"
     )
     with pytest.raises(UserInputError, match=r"config.json: hidden_act 'swiglu' is not"):
         build_model({**TINY, "model_type": "bert", "hidden_act": "swiglu"})

@@ -20,6 +20,11 @@ What is written, by case:
   `sft_jax_head.json` (pooling, num_labels, id2label). A warning is logged. We choose not
   to raise: a fine-tuned model is worth exporting, and `sft_jax.load_pretrained` reads
   the head back.
+- encoder-decoder (T5, mT5, BART, Marian): the family converter's `params_to_hf` state
+  dict as `T5ForConditionalGeneration` / `MT5ForConditionalGeneration` / ...
+  (`SEQ2SEQ_ARCHITECTURES`), and a `generation_config.json` with the config's special
+  token ids (decoder start, eos, pad, ...) and any legacy generation settings it carries;
+  `AutoModelForSeq2SeqLM.from_pretrained(dir)` reproduces our logits.
 """
 
 from __future__ import annotations
@@ -49,6 +54,31 @@ _ARCH = {
     "bert": ("BertModel", "BertForSequenceClassification"),
     "roberta": ("RobertaModel", "RobertaForSequenceClassification"),
 }
+# Encoder-decoders by model_type: the Hugging Face `...ForConditionalGeneration` class.
+SEQ2SEQ_ARCHITECTURES = {
+    "t5": "T5ForConditionalGeneration",
+    "mt5": "MT5ForConditionalGeneration",
+    "bart": "BartForConditionalGeneration",
+    "marian": "MarianMTModel",
+}
+GENERATION_CONFIG_FILE = "generation_config.json"
+# Config fields copied into generation_config.json (when present and not None): the
+# special token ids, and the legacy generation settings some source configs carry.
+_GENERATION_FIELDS = (
+    "bos_token_id",
+    "decoder_start_token_id",
+    "eos_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "pad_token_id",
+    "max_length",
+    "min_length",
+    "num_beams",
+    "no_repeat_ngram_size",
+    "length_penalty",
+    "early_stopping",
+    "bad_words_ids",
+)
 # Fields of the source config.json that describe the old file, not the exported one.
 _DROPPED = ("_name_or_path", "architectures", "torch_dtype", "dtype", "transformers_version")
 
@@ -102,6 +132,8 @@ def export_pretrained(
     config = {k: v for k, v in (hf_config or {}).items() if k not in _DROPPED}
     config.update(module_config.to_hf())
     params = nn.meta.unbox(dict(params))
+    if family.kind == "encoder-decoder":
+        return _export_seq2seq(out, config, params, module_config, tokenizer)
     has_head = "classifier" in params
     labels: dict[str, str] = {}
     if has_head:
@@ -138,6 +170,31 @@ def export_pretrained(
     config["dtype"] = "float32"
     save_state_dict(state, out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def _export_seq2seq(
+    out: Path,
+    config: dict[str, Any],
+    params: Mapping[str, Any],
+    module_config: Any,
+    tokenizer: Any | None,
+) -> Path:
+    """Write an encoder-decoder `...ForConditionalGeneration` directory."""
+    model_type = module_config.model_type
+    if "classifier" in params:
+        raise ValueError(f"{model_type!r} encoder-decoders have no classifier to export")
+    converter = importlib.import_module(registry.FAMILIES[model_type].converter)
+    state = converter.params_to_hf(params, module_config)
+    config["architectures"] = [SEQ2SEQ_ARCHITECTURES[model_type]]
+    config["is_encoder_decoder"] = True
+    config["dtype"] = "float32"
+    save_state_dict(state, out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    generation = {k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None}
+    (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out

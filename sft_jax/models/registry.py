@@ -1,15 +1,20 @@
 """Hugging Face `model_type` -> (config class, module class, converter module).
 
-The one place where a model family is picked by name. To add a family (planned:
-'t5', 'bart', 'marian' encoder-decoder), write `models/<family>.py` (a frozen config
-dataclass with `from_hf`, a flax module) and `hf/<family>.py` (`params_from_hf`,
-`params_to_hf`), then add one `Family` line to `FAMILIES`. Converters are named by module
-path and imported lazily, so `models/` does not import `hf/` at import time.
+The one place where a model family is picked by name. To add a family, write
+`models/<family>.py` (a frozen config dataclass with `from_hf`, a flax module) and
+`hf/<family>.py` (`params_from_hf`, `params_to_hf`), then add one `Family` line to
+`FAMILIES`. Converters are named by module path and imported lazily, so `models/` does
+not import `hf/` at import time.
 
 Encoders (BERT) and decoders (Llama, Mistral, Qwen2, GPT-2) differ in their batch
 contract (`bert.py`, `llama.py`), in the pooling Hugging Face's `...ForSequence
 Classification` uses (`hf_pooling`: 'pooler' vs 'last') and in whether a KV cache exists
 (`init_cache`).
+
+Encoder-decoders (T5 v1.0 / v1.1 / Flan-T5 and mT5 in `t5.py`, BART and Marian in
+`bart.py`) share one batch contract (`encoder_*` and `decoder_*` ids, segment ids,
+positions; documented in `t5.py`), have a decoder KV cache (`init_cache`) and no
+classification head.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import flax.linen as nn
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import gpt2, llama
+from sft_jax.models import bart, gpt2, llama, t5
 from sft_jax.models.bert import BertConfig, BertModel
 from sft_jax.models.heads import POOLINGS, SequenceClassifier
 
@@ -43,6 +48,16 @@ class Family:
 _LLAMA = Family(
     llama.LlamaConfig, llama.LlamaModel, "sft_jax.hf.llama", "decoder", "last", llama.init_cache
 )
+_T5 = Family(
+    t5.T5Config, t5.T5Model, "sft_jax.hf.t5", "encoder-decoder", init_cache=t5.init_cache
+)
+_BART = Family(
+    bart.BartConfig,
+    bart.BartModel,
+    "sft_jax.hf.bart",
+    "encoder-decoder",
+    init_cache=bart.init_cache,
+)
 FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
     "roberta": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
@@ -52,6 +67,10 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         gpt2.Gpt2Config, gpt2.Gpt2Model, "sft_jax.hf.gpt2", "decoder", "last", gpt2.init_cache
     ),
+    "t5": _T5,
+    "mt5": _T5,
+    "bart": _BART,
+    "marian": _BART,
 }
 
 
