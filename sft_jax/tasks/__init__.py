@@ -23,12 +23,15 @@ from sft_jax.errors import UserInputError
 TASKS = {
     "classification": "sft_jax.tasks.classification:ClassificationTask",
     "dialogue": "sft_jax.tasks.dialogue:DialogueTask",
+    "seq2seq": "sft_jax.tasks.seq2seq:Seq2SeqTask",
 }
 
 
 class Task(Protocol):
     module: nn.Module
     pad_values: Mapping[str, int]  # pad value of each [B, L] feature
+    # Optional `buckets`: padded lengths (a list, or per field a mapping) overriding
+    # `data.buckets`, for tasks whose fields pad to lengths of their own (seq2seq).
 
     def init_batch(self) -> dict[str, np.ndarray]:
         """A small batch with the right keys and dtypes, for `module.init`."""
@@ -51,8 +54,11 @@ class Task(Protocol):
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:
         """Per-row outputs, [B, ...] each, including "index" and "example_mask"."""
 
-    def evaluate(self, split: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Metrics of a split from the per-example outputs (in example order)."""
+    def evaluate(self, split: str, outputs: dict[str, np.ndarray], params=None
+                 ) -> dict[str, Any]:
+        """Metrics of a split from the per-example outputs (in example order); `params`
+        (unreplicated) lets generative tasks decode and score text, a collective step
+        every process takes."""
 
     def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
                           params=None) -> None:

@@ -206,7 +206,8 @@ class ClassificationTask:
             "example_mask": batch["example_mask"],
         }
 
-    def evaluate(self, split: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    def evaluate(self, split: str, outputs: dict[str, np.ndarray], params=None
+                 ) -> dict[str, Any]:
         result = metrics_lib.classification_metrics(
             outputs["label"], outputs["prediction"], label_names=self.label_names
         )

@@ -150,7 +150,8 @@ class DialogueTask:
         return {"nll": nll.sum(-1), "tokens": weights.sum(-1), "index": batch["index"],
                 "example_mask": batch["example_mask"]}
 
-    def evaluate(self, split: str, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    def evaluate(self, split: str, outputs: dict[str, np.ndarray], params=None
+                 ) -> dict[str, Any]:
         tokens = float(outputs["tokens"].sum())
         loss = float(outputs["nll"].sum()) / max(tokens, 1.0)
         return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": tokens}
