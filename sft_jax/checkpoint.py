@@ -2,6 +2,11 @@
 
 workdir/checkpoints/<step>/  state (params, optimizer, step), data iterator state, rng
 workdir/best/<step>/         params only, the best `checkpoint.best_metric` seen so far
+
+Under `sft_jax.peft` the state's params are the trainable tree only (LoRA factors, params
+trained in full), so checkpoints hold no frozen weights; each periodic checkpoint then
+also holds `base` (JSON: `model.checkpoint`, its directory, size and sha256 of each
+weight file), and a resume from it is refused unless the base is the same.
 """
 
 from __future__ import annotations
@@ -15,20 +20,27 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sft_jax.errors import UserInputError
+from sft_jax.peft import check_base
+
 
 class Checkpoints:
     """The run's two orbax managers behind save / restore calls the loop understands."""
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
+    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict,
+                 base: dict | None = None):
+        """`base`: the fingerprint of the frozen base weights (`peft.base_fingerprint`)
+        for a run whose checkpoints hold only what trains; None for full fine-tuning."""
         workdir = Path(workdir).absolute()
         self.every = int(config.every)
         self.metric = str(config.best_metric)
         self.mode = str(config.best_mode)
+        self.base = base
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=max(int(config.keep), 1),
                                                  create=True),
-            item_names=("state", "data", "rng"),
+            item_names=("state", "data", "rng") + (("base",) if base is not None else ()),
         )
         self.best = None
         if self.metric:
@@ -52,14 +64,14 @@ class Checkpoints:
     def save(self, step: int, state: Any, data_state: dict, rng: jax.Array) -> None:
         if step in self.latest.all_steps():
             return
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                rng=ocp.args.ArraySave(np.asarray(jax.random.key_data(rng))),
-            ),
-        )
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": ocp.args.JsonSave(data_state),
+            "rng": ocp.args.ArraySave(np.asarray(jax.random.key_data(rng))),
+        }
+        if self.base is not None:
+            items["base"] = ocp.args.JsonSave(self.base)
+        self.latest.save(step, args=ocp.args.Composite(**items))
 
     def restore(self, abstract_state: Any) -> tuple[Any, dict, jax.Array] | None:
         """(state, data iterator state, rng) of the latest checkpoint, or None."""
@@ -67,6 +79,18 @@ class Checkpoints:
         if step is None:
             return None
         logging.info("Resuming from %s/%d", self.latest.directory, step)
+        where = f"{self.latest.directory}/{step}"
+        has_base = (Path(self.latest.directory) / str(step) / "base").exists()
+        if has_base != (self.base is not None):
+            raise UserInputError(
+                f"{where}: written by a run that trained "
+                f"{'part of the params' if has_base else 'every param'}; resume with the "
+                f"same peft.* settings"
+            )
+        if self.base is not None:
+            saved = self.latest.restore(step, args=ocp.args.Composite(
+                base=ocp.args.JsonRestore())).base
+            check_base(saved, self.base, where)
         out = self.latest.restore(
             step,
             args=ocp.args.Composite(

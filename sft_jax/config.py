@@ -1,8 +1,8 @@
 """The config sections every task shares; each file in `configs/` fills in and overrides them.
 
 Every hyper-parameter of a run lives here or in the task file: nothing is hidden in a
-loss or a step function. Sections: model, data, optim, train, eval, mesh, checkpoint,
-distributed, plus the top-level `task` and `seed`.
+loss or a step function. Sections: model, data, optim, peft, train, eval, mesh,
+checkpoint, distributed, plus the top-level `task` and `seed`.
 """
 
 import ml_collections
@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.checkpoint = ""  # local HF directory or an asset name (sft_jax.assets)
     config.model.dtype = "float32"  # compute dtype; params are always float32
     config.model.dropout = -1.0  # <0: the checkpoint's own hidden/attention dropout
+    config.model.remat = "none"  # none | full | dots: recompute layer activations in backward
 
     config.data = ml_collections.ConfigDict()
     config.data.train = ""  # file (.jsonl/.csv/.tsv), tfds:NAME[/CONFIG]:SPLIT or ASSET:SPLIT
@@ -45,6 +46,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.eps = 1e-8
     config.optim.max_grad_norm = 1.0  # 0 disables clipping
     config.optim.grad_accum = 1  # micro-batches per update; batch_size is per micro-batch
+
+    # Which params train (sft_jax/peft): all (none), LoRA adapters, or a chosen subset.
+    # Paths are '/'-joined param names (e.g. encoder/layer_5/attention/query/kernel);
+    # patterns are regexes searched in them. Under lora and freeze the task head and any
+    # param the checkpoint lacks train in full.
+    config.peft = ml_collections.ConfigDict()
+    config.peft.method = "none"  # none (full fine-tuning) | lora | freeze
+    config.peft.lora_rank = 8
+    config.peft.lora_alpha = 16.0  # the delta is (lora_alpha / lora_rank) * A @ B
+    config.peft.lora_dropout = 0.0  # only 0: LoRA is applied as a weight delta
+    config.peft.lora_targets = ("attention/(query|value)/kernel",)  # "kernel$": every kernel
+    config.peft.head_only = False  # freeze: train the head alone
+    config.peft.last_n_layers = 0  # train layer_{i} for the last N layers in full
+    config.peft.bitfit = False  # train every bias in full (BitFit)
+    config.peft.train_patterns = ()  # train every param matching one of these in full
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 1000  # optimizer updates; 0 = evaluate the starting point only

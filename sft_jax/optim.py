@@ -6,6 +6,12 @@ Gradient accumulation is not an optax wrapper here: `steps.py` sums the micro-ba
 gradients and divides once by the total loss weight, so `batch=B, accum=k` gives the same
 update as `batch=k*B, accum=1` even when micro-batches hold different numbers of tokens
 (`optax.MultiSteps` averages per-micro-batch means, which does not).
+
+Which params train is decided before the optimizer sees them: under `sft_jax.peft` the
+transformation is initialised and applied on the trainable tree alone (LoRA factors and
+the params trained in full), so the frozen base gets no moments at all (no
+`optax.set_to_zero` placeholders either). LoRA factors are matrices and take weight
+decay, as Hugging Face's Trainer gives them.
 """
 
 from __future__ import annotations

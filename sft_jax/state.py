@@ -4,6 +4,10 @@ The full state is never built on the host: `jax.eval_shape` gives the abstract t
 logical axis names, the rules give each leaf a `NamedSharding`, and a jitted init writes
 every leaf directly where it lives. Pretrained weights are then placed leaf by leaf, each
 process copying only the slices its devices hold.
+
+With a `sft_jax.peft.Plan` the state holds only what trains (`params` = the trainable
+tree, `opt_state` over it); the frozen base is returned beside the state, sharded like the
+params it came from, and is passed to the steps as a separate, non-donated argument.
 """
 
 from __future__ import annotations
@@ -52,6 +56,18 @@ def overlay(params, pretrained: Mapping, shardings, prefix: str = "") -> Any:
     return out
 
 
+def _init_fn(module: nn.Module, init_batch: Mapping[str, np.ndarray]):
+    def init_params(rng):
+        return module.init({"params": rng, "dropout": rng}, **init_batch)["params"]
+
+    return init_params
+
+
+def abstract_params(module: nn.Module, init_batch: Mapping[str, np.ndarray], seed: int = 0):
+    """The params' ShapeDtypeStructs, boxed with their logical axis names (no compute)."""
+    return jax.eval_shape(_init_fn(module, init_batch), jax.random.key(seed))
+
+
 def create_train_state(
     module: nn.Module,
     init_batch: Mapping[str, np.ndarray],
@@ -60,18 +76,23 @@ def create_train_state(
     mesh: Mesh,
     rules,
     seed: int,
-) -> tuple[TrainState, Any]:
-    """Returns the state, sharded over `mesh`, and the tree of its shardings."""
-
-    def init_params(rng):
-        return module.init({"params": rng, "dropout": rng}, **init_batch)["params"]
-
+    peft=None,
+) -> tuple[TrainState, Any, Any]:
+    """Returns the state, sharded over `mesh`, the tree of its shardings, and the frozen
+    params (None without a `peft` plan)."""
+    init_params = _init_fn(module, init_batch)
     rng = jax.random.key(seed)
     boxed = jax.eval_shape(init_params, rng)
     p_shardings = parallel.param_shardings(boxed, mesh, rules)
     params = jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=p_shardings)(rng)
     if pretrained:
         params = overlay(params, pretrained, p_shardings)
+    frozen = None
+    if peft is not None:
+        p_shardings, _ = peft.shardings(p_shardings, mesh)
+        adapters = jax.jit(peft.init_adapters, out_shardings=p_shardings.get("lora"))(
+            jax.random.fold_in(rng, 1))
+        params, frozen = peft.split(params, adapters)  # leaves stay where they are
 
     def init_state(params):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -79,7 +100,7 @@ def create_train_state(
     abstract = jax.eval_shape(init_state, params)
     shardings = _state_shardings(abstract, p_shardings, mesh)
     state = jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
-    return state, shardings
+    return state, shardings, frozen
 
 
 def _state_shardings(abstract: TrainState, p_shardings, mesh: Mesh):

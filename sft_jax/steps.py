@@ -4,6 +4,11 @@ A task supplies `loss_fn(params, batch, rng, deterministic) -> (loss_sum, aux)` 
 `loss_sum` is the loss summed over the batch and `aux["weight"]` the number of loss terms
 (examples, or tokens) in it. The step sums both over micro-batches (and devices under
 `pmap`) and divides once, so the update does not depend on how the batch was split.
+
+Partial training (`sft_jax.peft`): given `combine(trainable, frozen) -> params`, the step
+takes the frozen params as a fourth argument (not donated) and differentiates the loss of
+`combine(state.params, frozen)` with respect to `state.params` (the trainable tree) only;
+the optimizer and the metrics (`grad_norm`, `param_norm`) see the trainable tree.
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     axis_name: str | None = None,
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """`train_step(state, batch, rng) -> (state, metrics)`; batch leaves are [k, b, ...]."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    combine: Callable[[Any, Any], Any] | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """`train_step(state, batch, rng) -> (state, metrics)`; batch leaves are [k, b, ...].
+    With `combine`: `train_step(state, batch, rng, frozen)`."""
 
-    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen=None):
+        if combine is None:
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        else:
+            grad_fn = jax.value_and_grad(
+                lambda p, *args: loss_fn(combine(p, frozen), *args), has_aux=True)
         rng = jax.random.fold_in(rng, state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
@@ -72,11 +83,13 @@ def make_train_step(
     return train_step
 
 
-def compile_train_step(train_step, mode: str, mesh: Mesh | None, state_shardings=None):
-    """`jit` with the state donated and sharded as created, or `pmap` over local devices."""
+def compile_train_step(train_step, mode: str, mesh: Mesh | None, state_shardings=None,
+                       frozen: bool = False):
+    """`jit` with the state donated and sharded as created, or `pmap` over local devices.
+    `frozen`: the step takes frozen params (replicated under `pmap`) as a 4th argument."""
     if mode == "pmap":
-        return jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None),
-                        donate_argnums=0)
+        in_axes = (0, 0, None, 0) if frozen else (0, 0, None)
+        return jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=in_axes, donate_argnums=0)
     metrics_sharding = parallel.replicated(mesh)
     return jax.jit(train_step, out_shardings=(state_shardings, metrics_sharding),
                    donate_argnums=0)

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sft_jax import optim, parallel, steps, tasks
+from sft_jax import optim, parallel, peft, steps, tasks
 from sft_jax import state as state_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
@@ -100,7 +100,7 @@ class Trainer:
         write_config(config, self.workdir)
         self.task = tasks.get_task(config, self.workdir)
         self.mode = config.train.parallelism
-        self.buckets = _buckets(config)
+        self.buckets = getattr(self.task, "buckets", None) or _buckets(config)
         self.accum = int(config.optim.grad_accum)
         self.total_steps = int(config.train.steps)
 
@@ -111,23 +111,63 @@ class Trainer:
             self.mesh = parallel.make_mesh(config.mesh)
         self.rules = parallel.logical_rules(config.mesh)
         self.tx, self.schedule = optim.make_optimizer(config.optim, max(self.total_steps, 1))
-        self.state, self.shardings = state_lib.create_train_state(
-            self.task.module, self.task.init_batch(), self.task.pretrained_params(),
-            self.tx, self.mesh, self.rules, config.seed,
+        pretrained, init_batch = self.task.pretrained_params(), self.task.init_batch()
+        self.peft = peft.build(config, state_lib.abstract_params(
+            self.task.module, init_batch, config.seed), pretrained)
+        self.state, self.shardings, self.frozen = state_lib.create_train_state(
+            self.task.module, init_batch, pretrained, self.tx, self.mesh, self.rules,
+            config.seed, peft=self.peft,
         )
+        del pretrained
         self.rng = jax.random.key(config.seed + 1)
         logging.info("Model: %s, %d parameters", type(self.task.module).__name__,
-                     state_lib.param_count(self.state.params))
+                     state_lib.param_count(self.state.params) if self.peft is None
+                     else self.peft.num_params)
 
+        combine = None if self.peft is None else self.peft.combine
         train_step = steps.make_train_step(
             self.task.loss_fn, self.tx, self.schedule,
-            axis_name=steps.PMAP_AXIS if self.mode == "pmap" else None,
+            axis_name=steps.PMAP_AXIS if self.mode == "pmap" else None, combine=combine,
         )
         self.train_step = steps.compile_train_step(train_step, self.mode, self.mesh,
-                                                   self.shardings)
+                                                   self.shardings, frozen=combine is not None)
         self.eval_step = steps.compile_eval_step(self.task.eval_fn, self.mode, self.mesh)
-        self.checkpoints = Checkpoints(self.workdir, config.checkpoint)
+        self.adapter = None
+        if self.peft is not None:
+            self._setup_peft(combine)
+        base = None if self.peft is None else peft.base_fingerprint(config.model.checkpoint)
+        self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base)
         self.writer = MetricWriter(self.workdir)
+
+    def _setup_peft(self, combine) -> None:
+        """Partial training: the steps take the frozen base as an extra argument; the
+        state's params are the trainable tree only (see `sft_jax.peft`)."""
+        logging.info("%s", self.peft.describe())
+        frozen = parallel.replicate(self.frozen) if self.mode == "pmap" else self.frozen
+        train_step = self.train_step
+        eval_step = steps.compile_eval_step(
+            lambda params, batch, frozen: self.task.eval_fn(combine(params, frozen), batch),
+            self.mode, self.mesh)
+        self.train_step = lambda state, batch, rng: train_step(state, batch, rng, frozen)
+        self.eval_step = lambda params, batch: eval_step(params, batch, frozen)
+        self._combine = jax.jit(combine)
+        if self.peft.targets and self.config.checkpoint.export:
+            layout = peft.adapter_layout(self.peft, self.task.module,
+                                         getattr(self.task, "module_config", None))
+            if isinstance(layout, str):
+                logging.warning("no PEFT adapter in export/adapter: %s (export/ holds the "
+                                "merged model)", layout)
+            else:
+                self.adapter = layout
+
+    def model_params(self, params):
+        """The model's params from (unreplicated) state params: the same tree for full
+        fine-tuning, else the frozen base combined with the trainable tree."""
+        if self.peft is None:
+            return params
+        if self.mode == "pmap":  # a replica of pmap's state, next to the frozen params
+            params = jax.device_put(params, parallel.replicated(self.mesh))
+        return self._combine(params, self.frozen)
 
     # Data --------------------------------------------------------------------------------
 
@@ -189,7 +229,9 @@ class Trainer:
         if len(outputs["index"]) != len(features) or np.any(
                 outputs["index"] != np.arange(len(features))):
             raise RuntimeError(f"evaluation of {split} did not see every example exactly once")
-        return self.task.evaluate(split, outputs), outputs
+        host_params = parallel.unreplicate(params) if self.mode == "pmap" else params
+        host_params = self.model_params(host_params)
+        return self.task.evaluate(split, outputs, params=host_params), outputs
 
     # The loop ------------------------------------------------------------------------------
 
@@ -295,6 +337,7 @@ class Trainer:
 
         pred_dir = self.workdir / "predictions"
         final_params = parallel.unreplicate(params) if self.mode == "pmap" else params
+        model_params = self.model_params(final_params)
         for split in config.eval.splits:
             if split not in eval_features:
                 continue
@@ -305,12 +348,17 @@ class Trainer:
             if config.eval.write_predictions:  # every process: samples may be collective
                 pred_dir.mkdir(parents=True, exist_ok=True)
                 self.task.write_predictions(split, outputs, pred_dir / f"{split}.jsonl",
-                                            params=final_params)
+                                            params=model_params)
 
         if config.checkpoint.export:
-            host = parallel.to_host(final_params)
+            host = parallel.to_host(model_params)
+            trainable = parallel.to_host(final_params) if self.adapter is not None else None
             if jax.process_index() == 0:
                 self.task.export(self.workdir / "export", host)
+                if self.adapter is not None:
+                    peft.write_adapter(self.workdir / "export" / "adapter", self.peft,
+                                       self.adapter, trainable, host,
+                                       self.checkpoints.base["path"])
         if jax.process_index() == 0:
             (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
