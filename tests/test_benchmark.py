@@ -1,0 +1,87 @@
+"""experiments/benchmark.py: the smoke suite end to end (tiny models, ours vs PyTorch), the
+results.json schema, the same-loss check against transformers, and the FLOP count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO
+
+from sft_jax.models import registry
+
+if str(REPO) not in sys.path:  # `experiments` is a top-level package of the repository
+    sys.path.insert(0, str(REPO))
+from experiments import bench_models as bm
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.benchmark", "--suite", "smoke", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "results.md").read_text().startswith("# Benchmark: suite `smoke`")
+    return json.loads((out / "results.json").read_text())
+
+
+def test_schema(smoke):
+    assert smoke["schema"] == "sft_jax.benchmark/1" and smoke["suite"] == "smoke"
+    assert smoke["errors"] == []
+    assert smoke["command"].endswith("--suite smoke --out " + smoke["command"].split()[-1])
+    assert {"backend", "threads", "xla_flags", "versions"} <= set(smoke["machine"])
+    assert smoke["peak"]["flops_per_s"] > 0
+    assert [(r["model"], r["dtype"]) for r in smoke["train"]] == [
+        ("bert", "float32"), ("llama", "bfloat16")]
+    for row in smoke["train"]:
+        for side in ("ours", "torch_eager"):
+            s = row["sides"][side]
+            assert s["tokens_per_s"] > 0 and 0 < s["mfu"] < 1
+            assert s["nonpad_tokens_per_s"] <= s["tokens_per_s"]
+            assert s["peak_rss_bytes"] > 0
+            assert len(s["step_s"]) == 2 and s["step_s_median"] == np.median(s["step_s"])
+        assert row["ratio_vs_eager"] == pytest.approx(
+            row["sides"]["ours"]["tokens_per_s"] / row["sides"]["torch_eager"]["tokens_per_s"])
+    assert [d["batch"] for d in smoke["decode"]] == [1, 8]
+    for d in smoke["decode"]:
+        assert d["ours"]["tokens_per_s"] > 0 and d["torch"]["tokens_per_s"] > 0
+        # Same weights, greedy: the tiny random model's continuations agree with HF's.
+        assert d["same_tokens_fraction"] == 1.0
+    pk = smoke["packing"]
+    assert pk["source"] == "synthetic"
+    assert pk["packing"]["fill"] > pk["padding"]["fill"]
+    assert pk["ratio"] == pytest.approx(pk["packing"]["effective_tokens_per_s"]
+                                        / pk["padding"]["effective_tokens_per_s"])
+    assert {(r["remat"], r["batch"]) for r in smoke["scaling"]} == {
+        ("none", 1), ("none", 2), ("full", 1), ("full", 2)}
+    assert all(r["memory"]["total"] > 0 for r in smoke["scaling"])
+    assert {t["name"] for t in smoke["targets"] if t["name"].startswith("same loss")} == {
+        "same loss bert: max relative difference over 20 steps",
+        "same loss llama: max relative difference over 20 steps"}
+
+
+def test_same_loss_as_pytorch(smoke):
+    rows = {r["model"]: r for r in smoke["same_loss"]}
+    assert set(rows) == {"bert", "llama"}
+    for row in rows.values():
+        assert len(row["ours"]) == len(row["torch"]) == 20
+        assert row["passed"] and row["max_rel_diff"] < 1e-4
+        assert row["ours"][0] != row["ours"][-1]  # the weights did move
+
+
+def test_flop_count_matches_the_parameter_tree():
+    hf = bm.without_dropout(bm.TINY["llama"])  # tied embeddings: the head is the table
+    module, _ = registry.build_model(hf)
+    params = module.init(jax.random.key(0), **bm.init_batch(hf))["params"]
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    d, v, f, n_layers = 32, 128, 64, 2
+    per_layer = d * 4 * 8 + 2 * d * 2 * 8 + 4 * 8 * d + 3 * d * f + 2 * d  # q, k+v, o, mlp, norms
+    assert total == v * d + n_layers * per_layer + d
+    n = bm.matmul_params(params, hf)
+    assert n == total - v * d + v * d  # the table is not a matmul, the tied head is
+    assert bm.train_flops_per_token(n, hf, 16) == 6 * n + 12 * n_layers * 16 * 4 * 8
