@@ -280,3 +280,13 @@ def test_build_model_and_config_errors():
         build_model({**TINY, "model_type": "bert"}, dtype="int8")
     with pytest.raises(UserInputError, match="no 'model_type' field"):
         build_model(TINY)
+
+
+def test_build_model_remat_option():
+    """`model.remat` reaches the built config (and so the layers); unknown names are refused."""
+    _, cfg = build_model({**TINY, "model_type": "bert"}, num_labels=2, remat="full")
+    assert cfg.remat_policy == "full"
+    _, cfg = build_model({**TINY, "model_type": "bert"})
+    assert cfg.remat_policy == "none"
+    with pytest.raises(UserInputError, match="model.remat: unknown policy 'most'"):
+        build_model({**TINY, "model_type": "bert"}, remat="most")

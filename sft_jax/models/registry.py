@@ -123,6 +123,7 @@ def build_model(
     classifier_dropout: float | None = None,
     dtype: Any = "float32",
     param_dtype: Any = "float32",
+    remat: str = "none",
     where: str = "config.json",
 ) -> tuple[nn.Module, Any]:
     """(module, config) for an HF config dict.
@@ -131,10 +132,13 @@ def build_model(
     decoder, the causal LM (`LlamaModel`, `Gpt2Model`); with it, a `SequenceClassifier`
     whose params are `{'encoder': ..., 'classifier': ...}`. `pooling=None` picks the
     family's Hugging Face pooling ('pooler' for encoders, 'last' for decoders).
+    `remat` ('none', 'full', 'dots') sets the config's `remat_policy`.
     `where` (usually the config.json path) names the source in error messages.
     """
     family = get_family(hf_config, where=where)
     config = family.config_cls.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, where=where)
+    if remat != "none":  # ours, not an HF field: recompute layer activations in backward
+        config = dataclasses.replace(config, remat_policy=remat)
     if num_labels is None:
         return family.module_cls(config), config
     if family.kind not in ("encoder", "decoder"):

@@ -81,6 +81,7 @@ class ClassificationTask:
             classifier_dropout=model.classifier_dropout if model.classifier_dropout >= 0
             else None,
             dtype=model.dtype,
+            remat=model.remat,
             where=f"{self.model_dir}/config.json",
         )
         self.pad_values = {

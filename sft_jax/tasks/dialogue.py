@@ -49,7 +49,8 @@ class DialogueTask:
             raise UserInputError(f"model.checkpoint: {self.model_dir} has no tokenizer files")
         self.hf_config = read_config(self.model_dir)
         self.module, self.module_config = registry.build_model(
-            self.hf_config, dtype=config.model.dtype, where=f"{self.model_dir}/config.json"
+            self.hf_config, dtype=config.model.dtype, remat=config.model.remat,
+            where=f"{self.model_dir}/config.json",
         )
         if registry.family_of(self.module_config).kind != "decoder":
             raise UserInputError(

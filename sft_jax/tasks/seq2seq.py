@@ -169,7 +169,7 @@ class Seq2SeqTask:
             self.hf_config = self._scratch_hf_config(scratch)
             where = "model.from_scratch"
         self.module, self.module_config = registry.build_model(
-            self.hf_config, dtype=model.dtype, where=where)
+            self.hf_config, dtype=model.dtype, remat=model.remat, where=where)
         kind = registry.family_of(self.module_config).kind
         if kind not in ("encoder-decoder", "decoder"):
             raise UserInputError(f"{where}: model_type {self.hf_config['model_type']!r} is an "
