@@ -90,6 +90,7 @@ import numpy as np
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
 from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
+from sft_jax.models.hf_fields import check_model_type_and_fields
 from sft_jax.models.llama import decoder_inputs, hf_token_ids, token_ids_to_hf
 
 Array = jax.Array
@@ -193,15 +194,10 @@ class BartConfig:
         where: str = "config.json",
     ) -> BartConfig:
         """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = hf.get("model_type", "bart")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UserInputError(
-                f"{where}: model_type {model_type!r} is not a BART-family encoder-decoder "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        missing = [k for k in _REQUIRED if k not in hf]
-        if missing:
-            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        model_type = check_model_type_and_fields(
+            hf, default="bart", supported=SUPPORTED_MODEL_TYPES,
+            family="a BART-family encoder-decoder", required=_REQUIRED, where=where,
+        )
         hf = {**_FAMILY_DEFAULTS[model_type], **hf}
         act = hf.get("activation_function") or "gelu"
         if act not in layers.ACTIVATIONS:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
+from sft_jax.models.hf_fields import check_model_type_and_fields
 
 Array = jax.Array
 
@@ -140,15 +141,10 @@ class BertConfig:
         where: str = "config.json",
     ) -> BertConfig:
         """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = hf.get("model_type", "bert")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UserInputError(
-                f"{where}: model_type {model_type!r} is not a BERT-family encoder "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        missing = [k for k in _REQUIRED if k not in hf]
-        if missing:
-            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        model_type = check_model_type_and_fields(
+            hf, default="bert", supported=SUPPORTED_MODEL_TYPES, family="a BERT-family encoder",
+            required=_REQUIRED, where=where,
+        )
         act = hf.get("hidden_act", "gelu")
         if act not in layers.ACTIVATIONS:
             raise UserInputError(

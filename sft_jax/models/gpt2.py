@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
 from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
+from sft_jax.models.hf_fields import check_model_type_and_fields
 from sft_jax.models.llama import (
     decoder_inputs,
     hf_token_ids,
@@ -126,12 +127,10 @@ class Gpt2Config:
         where: str = "config.json",
     ) -> Gpt2Config:
         """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = hf.get("model_type", "gpt2")
-        if model_type != "gpt2":
-            raise UserInputError(f"{where}: model_type {model_type!r} is not 'gpt2'")
-        missing = [k for k in _REQUIRED if k not in hf]
-        if missing:
-            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        model_type = check_model_type_and_fields(
+            hf, default="gpt2", supported=("gpt2",), family="'gpt2'",
+            required=_REQUIRED, where=where,
+        )
         act = hf.get("activation_function", "gelu_new")
         if act not in layers.ACTIVATIONS:
             raise UserInputError(

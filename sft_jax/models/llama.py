@@ -74,6 +74,7 @@ import jax.numpy as jnp
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
 from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
+from sft_jax.models.hf_fields import check_model_type_and_fields
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
@@ -166,15 +167,10 @@ class LlamaConfig:
         where: str = "config.json",
     ) -> LlamaConfig:
         """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = hf.get("model_type", "llama")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UserInputError(
-                f"{where}: model_type {model_type!r} is not a Llama-family decoder "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        missing = [k for k in _REQUIRED if k not in hf]
-        if missing:
-            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        model_type = check_model_type_and_fields(
+            hf, default="llama", supported=SUPPORTED_MODEL_TYPES, family="a Llama-family decoder",
+            required=_REQUIRED, where=where,
+        )
         hf = {**_FAMILY_DEFAULTS[model_type], **hf}
         act = hf.get("hidden_act", "silu")
         if act not in layers.ACTIVATIONS:

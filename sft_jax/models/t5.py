@@ -93,6 +93,7 @@ import numpy as np
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
 from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
+from sft_jax.models.hf_fields import check_model_type_and_fields
 from sft_jax.models.llama import decoder_inputs, hf_token_ids, token_ids_to_hf
 
 Array = jax.Array
@@ -175,15 +176,10 @@ class T5Config:
         where: str = "config.json",
     ) -> T5Config:
         """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = hf.get("model_type", "t5")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise UserInputError(
-                f"{where}: model_type {model_type!r} is not a T5 model "
-                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        missing = [k for k in _REQUIRED if hf.get(k) is None]
-        if missing:
-            raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+        model_type = check_model_type_and_fields(
+            hf, default="t5", supported=SUPPORTED_MODEL_TYPES, family="a T5 model",
+            required=_REQUIRED, where=where,
+        )
         proj = hf.get("feed_forward_proj") or ("gated-gelu" if model_type == "mt5" else "relu")
         parse_feed_forward_proj(proj, where=where)
         buckets = hf.get("relative_attention_num_buckets") or 32
