@@ -288,5 +288,5 @@ def test_build_model_remat_option():
     assert cfg.remat_policy == "full"
     _, cfg = build_model({**TINY, "model_type": "bert"})
     assert cfg.remat_policy == "none"
-    with pytest.raises(UserInputError, match="model.remat: unknown policy 'most'"):
+    with pytest.raises(UserInputError, match=r"model\.remat: unknown policy 'most'"):
         build_model({**TINY, "model_type": "bert"}, remat="most")
