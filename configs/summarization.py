@@ -26,31 +26,21 @@ from sft_jax import config as config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variants = config_lib.parse_variants(arg, {"runlocal", "t5"}, "configs/summarization.py")
-    config = config_lib.base_config()
-    config.task = "seq2seq"
+    config = config_lib.seq2seq_keys(config_lib.base_config())
 
     config.model.checkpoint = "smollm2-135m-instruct"
-    config.model.from_scratch = ml_collections.ConfigDict()  # HF-style config dict, or empty
-    config.model.tokenizer = ""  # "" = the checkpoint's, or trained on data.train
 
     config.data.train = "aclsum:train"
     config.data.validation = "aclsum:validation"
     config.data.test = "aclsum:test"
     config.data.source_field = "document"
     config.data.target_field = "summary"
-    config.data.source_prefix = ""  # encoder-decoder: str.format template over record fields
     # Decoder-only: the user turn, a str.format template over {source} and record fields.
     config.data.prompt_template = ("Summarize the {aspect} of this paper in one sentence.\n\n"
                                    "{source}")
-    config.data.chat_template = ""  # "" = the tokenizer's own template
     config.data.max_source_length = 384  # document tokens kept
     config.data.max_target_length = 64  # summaries are at most ~25 words
     config.data.max_length = 512  # decoder-only rows: prompt + summary
-    config.data.source_buckets = ()  # () = powers of two up to max_source_length
-    config.data.target_buckets = ()
-    config.data.packing = True
-    config.data.vocab_size = 8000  # tokenizer trained from scratch
-    config.data.tokenizer_kind = "unigram"
     config.data.limit_eval = 48
 
     config.optim.learning_rate = 5e-5
@@ -67,13 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.splits = ("test",)
     config.eval.periodic_split = ""
     config.eval.metrics = ("rouge",)  # and/or "bleu", "chrf"
-    config.eval.bleu_tokenize = "13a"
     config.eval.num_beams = 1
-    config.eval.length_penalty = 1.0
-    config.eval.early_stopping = True
     config.eval.max_new_tokens = 48
     config.eval.generation_batch_size = 8
-    config.eval.generate_limit = 0  # of the data.limit_eval examples; 0 = all
     config.eval.stop_tokens = ("<|im_end|>",)
 
     config.checkpoint.every = 8

@@ -125,3 +125,34 @@ def parse_variants(arg: str | None, known: set[str], where: str) -> set[str]:
             f"{where}: unknown config variant(s) {sorted(unknown)} (known: {sorted(known)})"
         )
     return variants
+
+
+def seq2seq_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the keys of the seq2seq task (`sft_jax.tasks.seq2seq`) with their defaults;
+    `configs/translation.py` and `configs/summarization.py` start from it."""
+    config.task = "seq2seq"
+    config.model.from_scratch = ml_collections.ConfigDict()  # HF-style config dict, or empty
+    config.model.tokenizer = ""  # "" = the checkpoint's, or trained on data.train
+    config.data.source_field = "source"
+    config.data.target_field = "target"
+    config.data.source_prefix = ""  # encoder-decoder: str.format template over record fields
+    config.data.prompt_template = "{source}"  # decoder-only: the user turn ({source}, fields)
+    config.data.chat_template = ""  # decoder-only: "" = the tokenizer's own template
+    config.data.max_source_length = 128  # source tokens kept (EOS kept on truncation)
+    config.data.max_target_length = 128
+    config.data.source_buckets = ()  # () = powers of two up to max_source_length
+    config.data.target_buckets = ()
+    config.data.packing = True  # several pairs per training row (segment ids)
+    config.data.vocab_size = 8000  # tokenizer trained from scratch
+    config.data.tokenizer_kind = "unigram"
+    config.train.label_smoothing = 0.1
+    config.eval.metrics = ("bleu", "chrf")  # and/or "rouge"
+    config.eval.bleu_tokenize = "13a"
+    config.eval.num_beams = 4
+    config.eval.length_penalty = 1.0
+    config.eval.early_stopping = True
+    config.eval.max_new_tokens = 128
+    config.eval.generation_batch_size = 32
+    config.eval.generate_limit = 0  # examples decoded per split; 0 = all
+    config.eval.stop_tokens = ()  # decoder-only: besides EOS, e.g. "<|im_end|>"
+    return config
