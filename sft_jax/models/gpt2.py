@@ -270,6 +270,7 @@ class Gpt2Model(nn.Module):
         layer_cls = remat_layer(Gpt2Layer, policy, static_argnums=(5,))
         new_layers = []
         for i in range(cfg.n_layer):
+            x = layers.materialize_cotangent(x)
             x, layer_cache = layer_cls(cfg, i, name=f"layer_{i}")(
                 x,
                 masks[None],

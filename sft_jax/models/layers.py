@@ -450,3 +450,43 @@ def count_params(params: Any) -> int:
     """Number of scalar parameters in a (possibly boxed) tree."""
     leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
     return int(sum(np.prod(x.shape) for x in leaves))
+
+
+@jax.custom_vjp
+def _dense_cotangent(x: Array) -> Array:
+    return x
+
+
+def _dense_cotangent_fwd(x: Array) -> tuple[Array, None]:
+    return x, None
+
+
+def _dense_cotangent_bwd(_: None, g: Array) -> tuple[Array]:
+    eye = jnp.eye(g.shape[-1], dtype=g.dtype)  # D D
+    return (jnp.matmul(g, eye, precision=jax.lax.Precision.HIGHEST),)
+
+
+_dense_cotangent.defvjp(_dense_cotangent_fwd, _dense_cotangent_bwd)
+
+
+def materialize_cotangent(x: Array) -> Array:  # B T D -> B T D
+    """Identity whose backward pass, on XLA:CPU, computes the cotangent of `x` into a buffer.
+
+    For models whose layer stack XLA:CPU compiles badly: in the backward pass the gradient
+    of the residual stream is a chain of elementwise adds, one per layer, and XLA:CPU's
+    fusion may copy the rest of that chain into every consumer that needs it transposed
+    (each layer's output-projection weight gradients), recomputing it once per layer:
+    O(layers²) elementwise work. Passing the cotangent through a product with the
+    identity, which XLA does not fuse into elementwise loops, makes it a buffer that each
+    layer reads once. The product is exact (one non-zero term per output) and costs
+    2·D FLOPs per element. `jax.lax.optimization_barrier` would state the intent, but
+    XLA:CPU removes barriers before fusion. Other backends get `x` unchanged.
+
+    Used where a profile showed the duplication or the product measured faster (GPT-2:
+    the duplicated chain was 1.4 s of a 4.2 s step at 4×128; BERT, T5); BENCHMARKS.md,
+    "Where a target was missed", has the measurements and `experiments/profile_step.py`
+    the profile.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return _dense_cotangent(x)

@@ -493,6 +493,7 @@ class T5Stack(nn.Module):
         caches = [None] * num_layers if cache_layers is None else cache_layers
         new_layers = []
         for i in range(num_layers):
+            x = layers.materialize_cotangent(x)
             x, layer_cache = layer_cls(cfg, self.is_decoder, name=f"layer_{i}")(
                 x, mask, bias, encoded, cross_mask, deterministic, caches[i], cache_index
             )
