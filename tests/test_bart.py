@@ -315,6 +315,42 @@ def test_final_logits_bias_takes_no_gradient_and_remat_keeps_gradients():
     assert diff < 1e-6
 
 
+def test_gradients_match_hugging_face(case):
+    """Every parameter's gradient equals PyTorch's, with the decoder start token (pad for
+    Marian) as a real input: HF's `padding_idx` keeps the pad row out of the lookup's
+    gradient."""
+    src, src_mask, tgt, tgt_mask = _padded_batch(case)
+    tgt[:, 0] = case.config.decoder_start_token_id
+
+    def loss(p):
+        logits = case.module.apply(
+            {"params": p}, src, tgt, encoder_segment_ids=src_mask, decoder_segment_ids=tgt_mask
+        )["logits"]
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 3] * tgt_mask)
+
+    ours = jax.jit(jax.grad(loss))(case.params)
+    model = case.hf_model
+    model.zero_grad()
+    logits = model(
+        input_ids=torch.tensor(src),
+        attention_mask=torch.tensor(src_mask),
+        decoder_input_ids=torch.tensor(tgt),
+        decoder_attention_mask=torch.tensor(tgt_mask),
+    ).logits
+    (torch.log_softmax(logits, -1)[..., 3] * torch.tensor(tgt_mask)).sum().backward()
+    grads = {
+        k: np.zeros(v.shape, np.float32) if v.grad is None else v.grad.numpy().copy()
+        for k, v in model.state_dict(keep_vars=True).items()
+    }
+    model.zero_grad()
+    ref = hf_bart.params_from_hf(grads, case.config)
+    flat = flax.traverse_util.flatten_dict
+    ours, ref = flat(ours), flat(ref)
+    assert ours.keys() == ref.keys()
+    for key in ours:
+        np.testing.assert_allclose(ours[key], ref[key], atol=1e-4, rtol=1e-4, err_msg=str(key))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_config_round_trip(name):
     config_cls, _, fields = CASES[name]

@@ -501,6 +501,16 @@ class BartModel(nn.Module):
             return self.shared, self.shared
         return self.encoder_embed, self.decoder_embed
 
+    def _lookup(self, table: nn.Embed, ids: Array) -> Array:  # B L -> B L D
+        """Scaled token embeddings. As HF's `nn.Embedding(padding_idx=pad_token_id)`, the
+        lookup sends no gradient to the pad row (Marian's decoder starts every target with
+        pad); a tied LM head still trains that row."""
+        x = table(ids)
+        if self.config.pad_token_id is not None:
+            is_pad = (ids == self.config.pad_token_id)[..., None]  # B L 1
+            x = jnp.where(is_pad, jax.lax.stop_gradient(x), x)
+        return x * self.config.embed_scale
+
     def __call__(
         self,
         encoder_input_ids: Array,  # B S
@@ -536,13 +546,12 @@ class BartModel(nn.Module):
         encoder_positions: Array | None = None,
         deterministic: bool = True,
     ) -> Array:  # B S D
-        cfg = self.config
         b, s = encoder_input_ids.shape
         if encoder_segment_ids is None:
             encoder_segment_ids = jnp.ones((b, s), jnp.int32)
         if encoder_positions is None:
             encoder_positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        x = self._tables()[0](encoder_input_ids) * cfg.embed_scale  # B S D
+        x = self._lookup(self._tables()[0], encoder_input_ids)  # B S D
         return self.encoder(
             x,
             jnp.asarray(encoder_positions, jnp.int32),
@@ -572,7 +581,7 @@ class BartModel(nn.Module):
             segment_ids, jnp.asarray(encoder_segment_ids, jnp.int32)
         )  # B 1 T S
         table = self._tables()[1]
-        x = table(decoder_input_ids) * cfg.embed_scale  # B T D
+        x = self._lookup(table, decoder_input_ids)  # B T D
         x, new_layers = self.decoder(
             x,
             positions,
