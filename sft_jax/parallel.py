@@ -107,9 +107,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def agree_on_length(batch: Mapping[str, np.ndarray], pad_values: Mapping[str, int]) -> dict:
-    """Pads every process's [.., L] fields to the longest L any process has this step.
+    """Pads each [.., L] field to the longest L any process has for that field this step.
 
-    Each process picks a length bucket from its own rows; a global array needs one shape.
+    Each process picks length buckets from its own rows (a seq2seq batch has one for the
+    source fields and one for the target fields); a global array needs one shape.
     """
     batch = dict(batch)
     if jax.process_count() == 1:
@@ -117,12 +118,12 @@ def agree_on_length(batch: Mapping[str, np.ndarray], pad_values: Mapping[str, in
     seq_keys = sorted(k for k, v in batch.items() if v.ndim >= 2)
     if not seq_keys:
         return batch
-    local = np.asarray(batch[seq_keys[0]].shape[-1], np.int32)
-    longest = int(np.max(multihost_utils.process_allgather(local)))
-    for k in seq_keys:
+    local = np.asarray([batch[k].shape[-1] for k in seq_keys], np.int32)  # fields
+    longest = np.max(multihost_utils.process_allgather(local), axis=0)  # processes fields
+    for k, length in zip(seq_keys, longest.tolist(), strict=True):
         v = batch[k]
-        if v.shape[-1] < longest:
-            pad = [(0, 0)] * (v.ndim - 1) + [(0, longest - v.shape[-1])]
+        if v.shape[-1] < length:
+            pad = [(0, 0)] * (v.ndim - 1) + [(0, length - v.shape[-1])]
             batch[k] = np.pad(v, pad, constant_values=pad_values.get(k, 0))
     return batch
 

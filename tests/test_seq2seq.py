@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,36 @@ def test_translation_runlocal_t5_from_scratch_and_resume(tmp_path):
         "train.steps": 3, "data.validation": "", "data.test": "", "checkpoint.export": False}))
     assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
+
+
+def test_two_processes_train_like_one(tmp_path, corpus):
+    """Two processes (two CPU devices each) give one process's losses: each pads its source
+    and its target fields to the longest that either process has this step."""
+    base = {"data.train": str(corpus / "train.jsonl"), "data.validation": "", "data.test": "",
+            "model.from_scratch.dropout_rate": 0.0, "train.steps": 3, "train.batch_size": 8,
+            "checkpoint.export": False, "mesh.data": -1}
+    check(run_cli(tmp_path / "single", "configs/translation.py:runlocal", base))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = []
+    for pid in range(2):
+        overrides = {**base, "train.progress_bar": False,
+                     "distributed.coordinator_address": f"127.0.0.1:{port}",
+                     "distributed.num_processes": 2, "distributed.process_id": pid}
+        cmd = [sys.executable, "-m", "sft_jax.main", "--config=configs/translation.py:runlocal",
+               f"--workdir={tmp_path / 'multi'}", *cli_args(overrides)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
+    losses = {name: [r["loss"] for r in read_metrics(tmp_path / name, "train")]
+              for name in ("single", "multi")}
+    assert len(losses["single"]) == 3
+    np.testing.assert_allclose(losses["multi"], losses["single"], atol=1e-5, rtol=0)
 
 
 def test_summarization_runlocal_decoder_only(tmp_path, tiny_chat_model):
