@@ -297,7 +297,6 @@ class BertModel(nn.Module):
         mask = layers.combine_masks(pad, mask)  # B 1 1|T S
         layer_cls = remat_layer(BertLayer, cfg.remat_policy, static_argnums=(3,))
         for i in range(cfg.num_hidden_layers):
-            x = layers.materialize_cotangent(x)
             x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         out = {"last_hidden_state": x}
         if self.add_pooling_layer:

@@ -482,10 +482,10 @@ def materialize_cotangent(x: Array) -> Array:  # B T D -> B T D
     2·D FLOPs per element. `jax.lax.optimization_barrier` would state the intent, but
     XLA:CPU removes barriers before fusion. Other backends get `x` unchanged.
 
-    Used where a profile showed the duplication or the product measured faster (GPT-2:
-    the duplicated chain was 1.4 s of a 4.2 s step at 4×128; BERT, T5); BENCHMARKS.md,
-    "Where a target was missed", has the measurements and `experiments/profile_step.py`
-    the profile.
+    Used where it measured faster: GPT-2, whose profile showed the duplicated chain
+    (`python -m experiments.profile_step --family gpt2`: transposing copies 1.07 s → 0.28 s,
+    step 3.61 s → 2.72 s at 4×128), and T5 (step 1.59 s → 1.48 s). Llama measured slower
+    with it (3.7 s → 4.2 s) and BERT unchanged; BENCHMARKS.md has the details.
     """
     if jax.default_backend() != "cpu":
         return x
