@@ -2,6 +2,7 @@
 
     python -m experiments.profile_step --family gpt2 --shape 4x128
     python -m experiments.profile_step --family llama --shape 1x512 --out /tmp/prof
+    python -m experiments.profile_step --decode 1     # greedy decoding, batch 1
 
 Builds the benchmark's train step for a `--suite cpu` family (`bench_worker.JaxSide`:
 the product's model, optimizer and `steps.compile_train_step`), runs `--warmup` steps,
@@ -11,6 +12,9 @@ transposing copies, ...), (c) the slowest single ops with the HLO they compute, 
 input count and their consumer. XLA:CPU runs independent ops on several threads at once,
 so op times can add up to more than the step time. With `--out` the trace
 (`*.trace.json.gz`, for Perfetto) and the compiled HLO text stay in that directory.
+
+`--decode BATCH` profiles greedy `decoding.generate` instead (the cpu suite's decode
+model, prompt length and new tokens), per decoding step (one new token for every row).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def _op_durations(trace_dir: Path) -> dict[str, float]:
     total: dict[str, float] = collections.Counter()
     for e in events:
         name = e.get("name", "")
-        if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Slinky",
-                                                       "PjitFunction", "CommonPjRt")):
+        if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Slinky", "end:",
+                                                       "PjitFunction", "CommonPjRt", "np.")):
             total[name] += e["dur"]
     return total
 
@@ -59,8 +63,30 @@ def _describe(hlo: str, op: str) -> str:
             f"  [{'/'.join(where)}]")
 
 
+def _summary(title: str, ops: dict[str, float], units: int, unit: str, hlo: str,
+             top: int) -> str:
+    kinds: dict[str, float] = collections.Counter()
+    counts: dict[str, int] = collections.Counter()
+    for name, us in ops.items():
+        kind = re.sub(r"\.\d+$", "", name)
+        kinds[kind] += us
+        counts[kind] += 1
+
+    def ms(us: float) -> float:
+        return us / units / 1e3
+
+    lines = [f"{title}, op time {ms(sum(ops.values())):.1f} ms/{unit}", "",
+             f"ms/{unit}  ops  kind"]
+    lines += [f"{ms(us):7.2f} {counts[k]:5d}  {k}" for k, us in kinds.most_common(12)]
+    lines += ["", f"ms/{unit}  op: what it computes"]
+    lines += [f"{ms(us):7.2f}  {name}: {_describe(hlo, name)}"
+              for name, us in ops.most_common(top)]
+    return "\n".join(lines)
+
+
 def profile(family: str, batch: int, seq: int, steps: int, warmup: int, top: int,
             out: Path) -> str:
+    """The train step of `family` at batch x seq."""
     import jax
 
     from experiments.bench_worker import JaxSide
@@ -72,7 +98,8 @@ def profile(family: str, batch: int, seq: int, steps: int, warmup: int, top: int
     batch_arrays = side._to_device(bm.make_batch(hf, batch, seq, 1), mesh)
     rng = jax.random.key(1)
     compiled = step.lower(state, batch_arrays, rng).compile()
-    (out / "train_step.hlo.txt").write_text(compiled.as_text())
+    hlo = compiled.as_text()
+    (out / "train_step.hlo.txt").write_text(hlo)
 
     def run(n: int) -> list[float]:
         nonlocal state
@@ -87,37 +114,42 @@ def profile(family: str, batch: int, seq: int, steps: int, warmup: int, top: int
     run(warmup)
     with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):
         times = run(steps)
-    ops = _op_durations(out / "trace")
-    kinds: dict[str, float] = collections.Counter()
-    counts: dict[str, int] = collections.Counter()
-    for name, us in ops.items():
-        kind = re.sub(r"\.\d+$", "", name)
-        kinds[kind] += us
-        counts[kind] += 1
-    hlo = compiled.as_text()
+    title = f"{family} {batch}x{seq}: step {np.median(times):.3f} s (median of {steps})"
+    return _summary(title, _op_durations(out / "trace"), steps, "step", hlo, top)
 
-    def ms(us: float) -> float:
-        return us / steps / 1e3
 
-    lines = [f"{family} {batch}x{seq}: step {np.median(times):.3f} s (median of {steps}), "
-             f"op time {ms(sum(ops.values())):.0f} ms/step", "", "ms/step  ops  kind"]
-    lines += [f"{ms(us):7.1f} {counts[k]:4d}  {k}" for k, us in kinds.most_common(12)]
-    lines += ["", "ms/step  op: what it computes"]
-    lines += [f"{ms(us):7.1f}  {name}: {_describe(hlo, name)}"
-              for name, us in ops.most_common(top)]
-    return "\n".join(lines)
+def profile_decode(batch: int, top: int, out: Path) -> str:
+    """Greedy `decoding.generate` of the cpu suite's decode model, prompts and length."""
+    import jax
+
+    from experiments.bench_worker import JaxSide
+
+    d = benchmark.SUITES["cpu"].decode
+    side = JaxSide()
+    side.decode_setup(d["hf"], "float32")
+    args = dict(batch=batch, prompt_len=d["prompt_len"], new_tokens=d["new_tokens"])
+    side.decode_run(repeats=1, **args)  # compiles
+    with jax.profiler.trace(str(out / "trace"), create_perfetto_trace=True):
+        times = side.decode_run(repeats=0, **args)["first_s"]
+    n = d["new_tokens"]
+    title = (f"greedy decoding, batch {batch}, {d['prompt_len']}-token prompts, {n} new "
+             f"tokens: {times:.2f} s, {batch * n / times:.1f} tokens/s (traced run)")
+    return _summary(title, _op_durations(out / "trace"), n, "step", "", top)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=sorted(benchmark.SUITES["cpu"].families),
-                        required=True)
+    parser.add_argument("--family", choices=sorted(benchmark.SUITES["cpu"].families))
+    parser.add_argument("--decode", type=int, metavar="BATCH",
+                        help="profile greedy decoding at this batch instead of a train step")
     parser.add_argument("--shape", default="4x128", help="BATCHxSEQ (default 4x128)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", type=Path, help="keep the trace and the HLO here")
     args = parser.parse_args(argv)
+    if (args.family is None) == (args.decode is None):
+        parser.error("give one of --family (a train step) or --decode BATCH")
     try:
         batch, seq = (int(x) for x in args.shape.split("x"))
     except ValueError:
@@ -125,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sft-jax-profile-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        print(profile(args.family, batch, seq, args.steps, args.warmup, args.top, out))
+        if args.decode:
+            print(profile_decode(args.decode, args.top, out))
+        else:
+            print(profile(args.family, batch, seq, args.steps, args.warmup, args.top, out))
     return 0
 
 
