@@ -119,7 +119,7 @@ def agree_on_length(batch: Mapping[str, np.ndarray], pad_values: Mapping[str, in
     if not seq_keys:
         return batch
     local = np.asarray([batch[k].shape[-1] for k in seq_keys], np.int32)  # fields
-    longest = np.max(multihost_utils.process_allgather(local), axis=0)  # processes fields
+    longest = np.max(multihost_utils.process_allgather(local), axis=0)  # [procs, fields] -> fields
     for k, length in zip(seq_keys, longest.tolist(), strict=True):
         v = batch[k]
         if v.shape[-1] < length:
