@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.checkpoint = ""  # local HF directory or an asset name (sft_jax.assets)
     config.model.dtype = "float32"  # compute dtype; params are always float32
-    config.model.dropout = -1.0  # <0: the checkpoint's own hidden/attention dropout
+    config.model.dropout = -1.0  # >=0: every dropout rate of the model; <0: its own rates
     config.model.remat = "none"  # none | full | dots: recompute layer activations in backward
 
     config.data = ml_collections.ConfigDict()

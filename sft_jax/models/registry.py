@@ -43,13 +43,25 @@ class Family:
     kind: str  # 'encoder' | 'decoder' | 'encoder-decoder'
     hf_pooling: str = "pooler"  # the pooling of HF's ...ForSequenceClassification
     init_cache: Callable[..., dict[str, Any]] | None = None  # decoders: (config, B, S, dtype)
+    dropout_keys: tuple[str, ...] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 _LLAMA = Family(
-    llama.LlamaConfig, llama.LlamaModel, "sft_jax.hf.llama", "decoder", "last", llama.init_cache
+    llama.LlamaConfig,
+    llama.LlamaModel,
+    "sft_jax.hf.llama",
+    "decoder",
+    "last",
+    llama.init_cache,
+    dropout_keys=("attention_dropout", "hidden_dropout"),
 )
 _T5 = Family(
-    t5.T5Config, t5.T5Model, "sft_jax.hf.t5", "encoder-decoder", init_cache=t5.init_cache
+    t5.T5Config,
+    t5.T5Model,
+    "sft_jax.hf.t5",
+    "encoder-decoder",
+    init_cache=t5.init_cache,
+    dropout_keys=("dropout_rate",),
 )
 _BART = Family(
     bart.BartConfig,
@@ -57,6 +69,7 @@ _BART = Family(
     "sft_jax.hf.bart",
     "encoder-decoder",
     init_cache=bart.init_cache,
+    dropout_keys=("dropout", "attention_dropout", "activation_dropout"),
 )
 FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
@@ -65,7 +78,13 @@ FAMILIES: dict[str, Family] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "gpt2": Family(
-        gpt2.Gpt2Config, gpt2.Gpt2Model, "sft_jax.hf.gpt2", "decoder", "last", gpt2.init_cache
+        gpt2.Gpt2Config,
+        gpt2.Gpt2Model,
+        "sft_jax.hf.gpt2",
+        "decoder",
+        "last",
+        gpt2.init_cache,
+        dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
     ),
     "t5": _T5,
     "mt5": _T5,
@@ -93,6 +112,17 @@ def model_type_of(hf_config: Mapping[str, Any], *, where: str = "config.json") -
 
 def get_family(hf_config: Mapping[str, Any], *, where: str = "config.json") -> Family:
     return FAMILIES[model_type_of(hf_config, where=where)]
+
+
+def with_dropout(
+    hf_config: Mapping[str, Any], rate: float, *, where: str = "config.json"
+) -> dict[str, Any]:
+    """A copy of `hf_config` with every dropout rate of its family set to `rate` (the
+    `model.dropout` override): BERT hidden + attention, Llama attention + our residual
+    `hidden_dropout`, GPT-2 residual + embedding + attention, T5 `dropout_rate`, BART and
+    Marian dropout + attention + activation."""
+    keys = get_family(hf_config, where=where).dropout_keys
+    return {**hf_config, **dict.fromkeys(keys, float(rate))}
 
 
 def converter_for(hf_config: Mapping[str, Any], *, where: str = "config.json") -> ModuleType:

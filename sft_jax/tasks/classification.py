@@ -97,8 +97,7 @@ class ClassificationTask:
 
         hf_config = dict(read_config(self.model_dir))
         if self.config.model.dropout >= 0:
-            hf_config["hidden_dropout_prob"] = float(self.config.model.dropout)
-            hf_config["attention_probs_dropout_prob"] = float(self.config.model.dropout)
+            hf_config = registry.with_dropout(hf_config, self.config.model.dropout)
         return hf_config
 
     def _check_fields(self, split: str, records: Sequence[dict]) -> None:

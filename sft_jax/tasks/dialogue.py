@@ -48,6 +48,9 @@ class DialogueTask:
         if self.tokenizer is None:
             raise UserInputError(f"model.checkpoint: {self.model_dir} has no tokenizer files")
         self.hf_config = read_config(self.model_dir)
+        if config.model.dropout >= 0:
+            self.hf_config = registry.with_dropout(
+                self.hf_config, config.model.dropout, where=f"{self.model_dir}/config.json")
         self.module, self.module_config = registry.build_model(
             self.hf_config, dtype=config.model.dtype, remat=config.model.remat,
             where=f"{self.model_dir}/config.json",

@@ -168,6 +168,8 @@ class Seq2SeqTask:
             self.tokenizer = self._scratch_tokenizer()
             self.hf_config = self._scratch_hf_config(scratch)
             where = "model.from_scratch"
+        if model.dropout >= 0:
+            self.hf_config = registry.with_dropout(self.hf_config, model.dropout, where=where)
         self.module, self.module_config = registry.build_model(
             self.hf_config, dtype=model.dtype, remat=model.remat, where=where)
         kind = registry.family_of(self.module_config).kind
