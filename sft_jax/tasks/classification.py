@@ -97,7 +97,8 @@ class ClassificationTask:
 
         hf_config = dict(read_config(self.model_dir))
         if self.config.model.dropout >= 0:
-            hf_config = registry.with_dropout(hf_config, self.config.model.dropout)
+            hf_config = registry.with_dropout(hf_config, self.config.model.dropout,
+                                              where=f"{self.model_dir}/config.json")
         return hf_config
 
     def _check_fields(self, split: str, records: Sequence[dict]) -> None:
