@@ -4,8 +4,12 @@ and a tiny, learnable sentiment corpus, both generated on the fly."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +139,27 @@ def apply_overrides(config, overrides: dict):
 
 def cli_args(overrides: dict) -> list[str]:
     return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_two_processes(config: str, workdir: Path, overrides: dict) -> None:
+    """`sft_jax.main` as two processes (two CPU devices each) joined over loopback;
+    asserts that both exit 0."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    procs = []
+    for pid in range(2):
+        args = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
+                "distributed.num_processes": 2, "distributed.process_id": pid}
+        cmd = [sys.executable, "-m", "sft_jax.main", f"--config={config}",
+               f"--workdir={workdir}", *cli_args(args)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
 
 
 def read_metrics(workdir: Path, split: str = "train") -> list[dict]:

@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, apply_overrides, cli_args, load_config, read_metrics
+from conftest import (
+    REPO,
+    apply_overrides,
+    cli_args,
+    load_config,
+    read_metrics,
+    run_two_processes,
+)
 
 EN_ES = {"the": "el", "cat": "gato", "dog": "perro", "eats": "come", "sees": "ve",
          "big": "grande", "small": "pequeño", "house": "casa", "man": "hombre",
@@ -174,23 +180,8 @@ def test_two_processes_train_like_one(tmp_path, corpus):
             "model.from_scratch.dropout_rate": 0.0, "train.steps": 3, "train.batch_size": 8,
             "checkpoint.export": False, "mesh.data": -1}
     check(run_cli(tmp_path / "single", "configs/translation.py:runlocal", base))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    procs = []
-    for pid in range(2):
-        overrides = {**base, "train.progress_bar": False,
-                     "distributed.coordinator_address": f"127.0.0.1:{port}",
-                     "distributed.num_processes": 2, "distributed.process_id": pid}
-        cmd = [sys.executable, "-m", "sft_jax.main", "--config=configs/translation.py:runlocal",
-               f"--workdir={tmp_path / 'multi'}", *cli_args(overrides)]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-4000:]
+    run_two_processes("configs/translation.py:runlocal", tmp_path / "multi",
+                      {**base, "train.progress_bar": False})
     losses = {name: [r["loss"] for r in read_metrics(tmp_path / name, "train")]
               for name in ("single", "multi")}
     assert len(losses["single"]) == 3

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, apply_overrides, cli_args, load_config, read_metrics, tiny_overrides
+from conftest import (
+    REPO,
+    apply_overrides,
+    cli_args,
+    load_config,
+    read_metrics,
+    run_two_processes,
+    tiny_overrides,
+)
 
 
 def run_cli(workdir: Path, overrides: dict, devices: int = 1, extra_env=None,
@@ -166,31 +173,12 @@ def test_same_losses_on_one_device_a_mesh_and_pmap(tmp_path, tiny):
         assert read_metrics(tmp_path / name, "test")[-1]["accuracy"] == a
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one(tmp_path, tiny):
     base = {**tiny, "train.steps": 3, "train.batch_size": 8, "checkpoint.export": False,
             "train.eval_every": 0, "optim.learning_rate": 1e-3, "mesh.data": -1}
     check(run_cli(tmp_path / "single", base, devices=1))
 
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    procs = []
-    for pid in range(2):
-        overrides = {**base, "distributed.coordinator_address": f"127.0.0.1:{port}",
-                     "distributed.num_processes": 2, "distributed.process_id": pid}
-        cmd = [sys.executable, "-m", "sft_jax.main", "--config=configs/classification.py:runlocal",
-               f"--workdir={tmp_path / 'multi'}", *cli_args(overrides)]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-4000:]
+    run_two_processes("configs/classification.py:runlocal", tmp_path / "multi", base)
     np.testing.assert_allclose(train_losses(tmp_path / "multi"),
                                train_losses(tmp_path / "single"), atol=1e-5, rtol=0)
 
