@@ -34,6 +34,7 @@ import optax
 from flax import linen as nn
 
 from sft_jax.data import packing
+from sft_jax.models import registry
 
 # ---------------------------------------------------------------------------- sizes
 
@@ -82,12 +83,6 @@ TINY = {
     "t5": {**T5_SMALL, "vocab_size": 128, "d_model": 32, "d_kv": 8, "d_ff": 64,
            "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4},
 }
-_NO_DROPOUT = {
-    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    "llama": {"attention_dropout": 0.0},
-    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-    "t5": {"dropout_rate": 0.0},
-}
 PAD_ID = 0
 NUM_LABELS = 2
 
@@ -102,7 +97,7 @@ def is_encoder(hf: dict) -> bool:
 
 
 def without_dropout(hf: dict) -> dict:
-    return {**hf, **_NO_DROPOUT[family(hf)]}
+    return registry.with_dropout(hf, 0.0)
 
 
 def tokens_per_row(hf: dict, seq: int) -> int:
