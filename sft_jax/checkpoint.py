@@ -2,6 +2,8 @@
 
 workdir/checkpoints/<step>/  state (params, optimizer, step), data iterator state, rng
 workdir/best/<step>/         params only, the best `checkpoint.best_metric` seen so far
+workdir/best/replica-<k>/<step>/   the same per replica when `train.replicas` > 1 (each
+                             replica keeps its own best, as a separate run would)
 
 Under `sft_jax.peft` the state's params are the trainable tree only (LoRA factors, params
 trained in full), so checkpoints hold no frozen weights; each periodic checkpoint then
@@ -28,9 +30,11 @@ class Checkpoints:
     """The run's two orbax managers behind save / restore calls the loop understands."""
 
     def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict,
-                 base: dict | None = None):
+                 base: dict | None = None, replicas: int = 1):
         """`base`: the fingerprint of the frozen base weights (`peft.base_fingerprint`)
-        for a run whose checkpoints hold only what trains; None for full fine-tuning."""
+        for a run whose checkpoints hold only what trains; None for full fine-tuning.
+        `replicas`: how many replicas keep a best copy each (the state saved by `save`
+        holds all of them stacked)."""
         workdir = Path(workdir).absolute()
         self.every = int(config.every)
         self.metric = str(config.best_metric)
@@ -42,10 +46,12 @@ class Checkpoints:
                                                  create=True),
             item_names=("state", "data", "rng") + (("base",) if base is not None else ()),
         )
-        self.best = None
+        self.bests: list[ocp.CheckpointManager] = []
         if self.metric:
-            self.best = ocp.CheckpointManager(
-                workdir / "best",
+            best_dirs = [workdir / "best"] if replicas == 1 else [
+                workdir / "best" / f"replica-{k}" for k in range(replicas)]
+            self.bests = [ocp.CheckpointManager(
+                directory,
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1,
                     best_fn=lambda m: m[self.metric],
@@ -54,7 +60,7 @@ class Checkpoints:
                     create=True,
                 ),
                 item_names=("params",),
-            )
+            ) for directory in best_dirs]
 
     # Latest ------------------------------------------------------------------------------
 
@@ -73,8 +79,11 @@ class Checkpoints:
             items["base"] = ocp.args.JsonSave(self.base)
         self.latest.save(step, args=ocp.args.Composite(**items))
 
-    def restore(self, abstract_state: Any) -> tuple[Any, dict, jax.Array] | None:
-        """(state, data iterator state, rng) of the latest checkpoint, or None."""
+    def restore(self, abstract_state: Any, check_data=None
+                ) -> tuple[Any, dict, jax.Array] | None:
+        """(state, data iterator state, rng) of the latest checkpoint, or None.
+        `check_data(data_state)` may refuse the checkpoint (raise) before the state is
+        read, e.g. when it was written with another number of replicas."""
         step = self.latest.latest_step()
         if step is None:
             return None
@@ -91,6 +100,9 @@ class Checkpoints:
             saved = self.latest.restore(step, args=ocp.args.Composite(
                 base=ocp.args.JsonRestore())).base
             check_base(saved, self.base, where)
+        if check_data is not None:
+            check_data(dict(self.latest.restore(step, args=ocp.args.Composite(
+                data=ocp.args.JsonRestore())).data))
         out = self.latest.restore(
             step,
             args=ocp.args.Composite(
@@ -104,50 +116,54 @@ class Checkpoints:
 
     # Best --------------------------------------------------------------------------------
 
-    def best_value(self) -> float | None:
-        if self.best is None:
+    def best_value(self, replica: int = 0) -> float | None:
+        if not self.bests:
             return None
-        self.best.wait_until_finished()  # metrics of an async save are written at its end
-        if self.best.best_step() is None:
+        best = self.bests[replica]
+        best.wait_until_finished()  # metrics of an async save are written at its end
+        if best.best_step() is None:
             return None
-        return float(self.best.metrics(self.best.best_step())[self.metric])
+        return float(best.metrics(best.best_step())[self.metric])
 
-    def is_better(self, metrics: dict) -> bool:
-        if self.best is None or self.metric not in metrics:
+    def is_better(self, metrics: dict, replica: int = 0) -> bool:
+        if not self.bests or self.metric not in metrics:
             return False
-        best = self.best_value()
+        best = self.best_value(replica)
         value = float(metrics[self.metric])
         if best is None:
             return True
         return value > best if self.mode == "max" else value < best
 
-    def save_best(self, step: int, params: Any, metrics: dict) -> bool:
-        """Saves `params` when `metrics` beat the best so far; returns whether it did."""
-        if not self.is_better(metrics) or step in self.best.all_steps():
+    def save_best(self, step: int, params: Any, metrics: dict, replica: int = 0) -> bool:
+        """Saves `params` (of one replica) when `metrics` beat that replica's best so far;
+        returns whether it did."""
+        if not self.is_better(metrics, replica) or step in self.bests[replica].all_steps():
             return False
         scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-                       metrics=scalars)
+        self.bests[replica].save(
+            step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+            metrics=scalars)
         return True
 
-    def restore_best(self, abstract_params: Any) -> tuple[int, Any] | None:
-        if self.best is None:
+    def restore_best(self, abstract_params: Any, replica: int = 0) -> tuple[int, Any] | None:
+        if not self.bests:
             return None
-        self.best.wait_until_finished()
-        step = self.best.best_step()
+        best = self.bests[replica]
+        best.wait_until_finished()
+        step = best.best_step()
         if step is None:
             return None
-        out = self.best.restore(
+        out = best.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
         )
         return step, out.params
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
-        if self.best is not None:
-            self.best.wait_until_finished()
+        for best in self.bests:
+            best.wait_until_finished()
 
     def close(self) -> None:
         self.latest.close()
-        if self.best is not None:
-            self.best.close()
+        for best in self.bests:
+            best.close()

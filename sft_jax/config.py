@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.steps = 1000  # optimizer updates; 0 = evaluate the starting point only
     config.train.batch_size = 32  # global micro-batch size
     config.train.parallelism = "jit"  # jit (device mesh) | pmap (data parallel)
+    # K > 1: K independent replicas in one compiled program (vmap); replica k is the run
+    # with seed + k (init of new layers, dropout, data order). jit only.
+    config.train.replicas = 1
     config.train.log_every = 50
     config.train.eval_every = 500  # 0 = only at the end
     config.train.progress_bar = True

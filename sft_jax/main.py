@@ -15,7 +15,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sft_jax.errors import UserInputError
+from sft_jax.errors import UserInputError, flag_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, export.")
@@ -50,24 +50,15 @@ def main(argv: list[str]) -> None:
     except train.StopRequested as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)
+    stds = results.get("std", {})  # runs with train.replicas > 1: mean and std
     for split, metrics in results.items():
-        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        if split in ("std", "replicas"):
+            continue
+        shown = {k: (f"{v:.4f} ± {stds[split][k]:.4f}" if k in stds.get(split, {})
+                     else round(v, 4))
+                 for k, v in metrics.items() if isinstance(v, float)}
         print(f"{split}: {shown}")
     print(f"outputs: {FLAGS.workdir}")
-
-
-def _flag_error(exc: Exception, argv: list[str]) -> str:
-    """One line for a flag or config-override error, naming the `--config.KEY` at fault."""
-    text = str(exc).replace("\\'", "'").replace("\\n", " ")
-    message = " ".join(text.split()).strip("'\"")
-    if isinstance(exc, UserInputError):
-        return message
-    for arg in argv[1:]:
-        if arg.startswith("--config.") and "=" in arg:
-            key = arg[len("--config."):].split("=", 1)[0]
-            if f"'{key.rsplit('.', 1)[-1]}'" in text or key in text:
-                return f"--config.{key}: no such config key or bad value ({message})"
-    return message
 
 
 def run() -> None:
@@ -77,7 +68,7 @@ def run() -> None:
     except (flags.Error, UserInputError, AttributeError, KeyError, TypeError, ValueError) as exc:
         # absl reports a bad flag as flags.Error; ml_collections raises AttributeError or
         # KeyError for an unknown config key and TypeError/ValueError for a bad value.
-        _fail(_flag_error(exc, sys.argv))
+        _fail(flag_error(exc, sys.argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     main(argv)
 

@@ -129,3 +129,41 @@ def abstract_like(tree, shardings) -> Any:
 def param_count(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
+
+
+def replica_shardings(shardings, mesh: Mesh):
+    """Shardings of a tree stacked on a leading replica axis: that axis is not sharded,
+    each replica's leaf is placed as `shardings` places a single one."""
+    return jax.tree.map(
+        lambda s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *s.spec)),
+        shardings)
+
+
+class ReplicaStack:
+    """Builds a tree stacked on a leading replica axis one replica at a time, so that at
+    most K + 1 replicas are in memory (not 2K, as stacking K finished trees would be).
+
+        stack = ReplicaStack(K, shardings)   # shardings from `replica_shardings`
+        for k in range(K):
+            stack.set(k, tree_k)
+        stacked = stack.tree
+    """
+
+    def __init__(self, replicas: int, shardings):
+        self.replicas, self.shardings, self.tree = replicas, shardings, None
+        self._set = jax.jit(
+            lambda stacked, tree, k: jax.tree.map(lambda a, x: a.at[k].set(x), stacked, tree),
+            out_shardings=shardings, donate_argnums=0)
+
+    def set(self, k: int, tree) -> None:
+        if self.tree is None:
+            self.tree = jax.jit(
+                lambda t: jax.tree.map(
+                    lambda x: jnp.zeros((self.replicas, *x.shape), x.dtype), t),
+                out_shardings=self.shardings)(tree)
+        self.tree = self._set(self.tree, tree, jnp.int32(k))
+
+
+def replica(tree, k: int) -> Any:
+    """Replica k of a tree stacked by `stack_replicas`."""
+    return jax.tree.map(lambda x: x[k], tree)

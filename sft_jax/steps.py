@@ -83,6 +83,13 @@ def make_train_step(
     return train_step
 
 
+def over_replicas(train_step, frozen: bool = False):
+    """`train_step` mapped over a leading replica axis of the state, the batch
+    ([K, k, b, ...]) and the rng ([K] keys); frozen params (if any) are shared."""
+    in_axes = (0, 0, 0, None) if frozen else (0, 0, 0)
+    return jax.vmap(train_step, in_axes=in_axes)
+
+
 def compile_train_step(train_step, mode: str, mesh: Mesh | None, state_shardings=None,
                        frozen: bool = False):
     """`jit` with the state donated and sharded as created, or `pmap` over local devices.

@@ -9,6 +9,16 @@ A run writes to its workdir:
   checkpoints/, best/   orbax checkpoints (latest k for resume; best by a metric)
   predictions/<split>.jsonl
   export/               a Hugging Face directory of the final (or best) model
+
+Replicas (`train.replicas = K > 1`): K independent copies of the run train in one
+jit-compiled step (`jax.vmap` over a leading replica axis of the state, the batch and the
+rng). Replica k is the run with `seed + k`: its new layers' initialisation, dropout and
+data order are those of that run, so its losses and metrics equal a separate run's
+within float tolerance (batches of the K replicas are padded to one length per step).
+Checkpoints hold all replicas; each replica keeps its own best params
+(`best/replica-k/`), is evaluated alone and writes `predictions/replica-k/`,
+`export/replica-k/`; metrics.jsonl records carry `"replica": k`, and results.json holds
+the mean and std over replicas beside each replica's results.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +84,11 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise UserInputError(f"train.parallelism: {train.parallelism!r} is not jit or pmap")
     if train.steps < 0:
         raise UserInputError("train.steps: must be >= 0")
+    if train.replicas < 1:
+        raise UserInputError("train.replicas: must be >= 1")
+    if train.replicas > 1 and train.parallelism != "jit":
+        raise UserInputError("train.replicas: replicas train in one jit-compiled program; "
+                             "set train.parallelism=jit")
     if train.batch_size < 1 or config.optim.grad_accum < 1:
         raise UserInputError("train.batch_size and optim.grad_accum: must be >= 1")
     per_process = train.batch_size * config.optim.grad_accum
@@ -94,8 +109,11 @@ class Trainer:
     """Holds what one run compiles once: mesh, state, step functions, checkpoints."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+        self.started = time.perf_counter()
         _check_config(config)
         self.config = config
+        self.replicas = int(config.train.replicas)
+        self.seeds = [int(config.seed) + k for k in range(self.replicas)]
         self.workdir = Path(workdir)
         write_config(config, self.workdir)
         self.task = tasks.get_task(config, self.workdir)
@@ -114,29 +132,52 @@ class Trainer:
         pretrained, init_batch = self.task.pretrained_params(), self.task.init_batch()
         self.peft = peft.build(config, state_lib.abstract_params(
             self.task.module, init_batch, config.seed), pretrained)
-        self.state, self.shardings, self.frozen = state_lib.create_train_state(
-            self.task.module, init_batch, pretrained, self.tx, self.mesh, self.rules,
-            config.seed, peft=self.peft,
-        )
+        # `shardings` place one replica's state; `state_shardings` the (stacked) state.
+        stack = None
+        for k, seed in enumerate(self.seeds):
+            state, self.shardings, self.frozen = state_lib.create_train_state(
+                self.task.module, init_batch, pretrained, self.tx, self.mesh, self.rules,
+                seed, peft=self.peft,
+            )
+            if self.replicas == 1:
+                self.state, self.state_shardings = state, self.shardings
+                continue
+            if stack is None:
+                self.state_shardings = state_lib.replica_shardings(self.shardings, self.mesh)
+                stack = state_lib.ReplicaStack(self.replicas, self.state_shardings)
+            stack.set(k, state)
+            del state
         del pretrained
-        self.rng = jax.random.key(config.seed + 1)
-        logging.info("Model: %s, %d parameters", type(self.task.module).__name__,
-                     state_lib.param_count(self.state.params) if self.peft is None
-                     else self.peft.num_params)
+        if stack is not None:
+            self.state = stack.tree
+        # The step's rng (dropout): key(seed + 1) of each replica's seed.
+        keys = [jax.random.key(seed + 1) for seed in self.seeds]
+        self.rng = keys[0] if self.replicas == 1 else jax.numpy.stack(keys)
+        self.num_params = (self.peft.num_params if self.peft is not None
+                           else state_lib.param_count(self.state.params) // self.replicas)
+        self.trained_params = state_lib.param_count(self.state.params) // self.replicas
+        logging.info("Model: %s, %d parameters%s", type(self.task.module).__name__,
+                     self.num_params,
+                     f", {self.replicas} replicas (seeds {self.seeds[0]}..{self.seeds[-1]})"
+                     if self.replicas > 1 else "")
 
         combine = None if self.peft is None else self.peft.combine
         train_step = steps.make_train_step(
             self.task.loss_fn, self.tx, self.schedule,
             axis_name=steps.PMAP_AXIS if self.mode == "pmap" else None, combine=combine,
         )
+        if self.replicas > 1:
+            train_step = steps.over_replicas(train_step, frozen=combine is not None)
         self.train_step = steps.compile_train_step(train_step, self.mode, self.mesh,
-                                                   self.shardings, frozen=combine is not None)
+                                                   self.state_shardings,
+                                                   frozen=combine is not None)
         self.eval_step = steps.compile_eval_step(self.task.eval_fn, self.mode, self.mesh)
         self.adapter = None
         if self.peft is not None:
             self._setup_peft(combine)
         base = None if self.peft is None else peft.base_fingerprint(config.model.checkpoint)
-        self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base)
+        self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base,
+                                       replicas=self.replicas)
         self.writer = MetricWriter(self.workdir)
 
     def _setup_peft(self, combine) -> None:
@@ -171,18 +212,44 @@ class Trainer:
 
     # Data --------------------------------------------------------------------------------
 
-    def _train_iterator(self, features: Sequence[dict]) -> pipeline.TrainIterator:
-        return pipeline.TrainIterator(
+    def _train_iterators(self, features: Sequence[dict]) -> list[pipeline.TrainIterator]:
+        """One iterator per replica, each shuffled by its replica's seed."""
+        lengths = self.task.train_lengths() if self.config.data.group_by_length > 1 else None
+        return [pipeline.TrainIterator(
             features,
             global_batch_size=self.config.train.batch_size * self.accum,
-            seed=self.config.seed,
+            seed=seed,
             buckets=self.buckets,
             pad_values=self.task.pad_values,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            lengths=self.task.train_lengths() if self.config.data.group_by_length > 1 else None,
+            lengths=lengths,
             group_batches=int(self.config.data.group_by_length),
-        )
+        ) for seed in self.seeds]
+
+    def _next_batch(self, iterators: list[pipeline.TrainIterator]) -> dict:
+        """The next training batch on device: [k, b, ...] micro-batches, or
+        [K, k, b, ...] with replicas (each replica's rows from its own iterator, padded
+        to one length per field)."""
+        if self.replicas == 1:
+            return self._device_batch(next(iterators[0]), self.accum)
+        rows = [parallel.agree_on_length(next(it), self.task.pad_values) for it in iterators]
+        rows = pipeline.pad_to_common_length(rows, self.task.pad_values)
+        micro = [parallel.split_micro_batches(r, self.accum) for r in rows]
+        stacked = {k: np.stack([m[k] for m in micro]) for k in micro[0]}  # K k b ...
+        return parallel.to_global(stacked, self.mesh, leading=2)
+
+    def _data_state(self, iterators: list[pipeline.TrainIterator] | None) -> dict:
+        if not iterators:
+            return {}
+        if self.replicas == 1:
+            return iterators[0].get_state()
+        return {"replicas": [it.get_state() for it in iterators]}
+
+    def _set_data_state(self, iterators: list[pipeline.TrainIterator], data_state: dict):
+        for it, state in zip(iterators, data_state.get("replicas", [data_state]),
+                             strict=True):
+            it.set_state(state)
 
     def _device_batch(self, batch: dict, micro_batches: int | None) -> dict:
         """Host rows -> device arrays: [k, b, ...] micro-batches for training,
@@ -195,6 +262,28 @@ class Trainer:
             return parallel.to_global(batch, self.mesh, leading=0)
         return parallel.to_global(parallel.split_micro_batches(batch, micro_batches),
                                   self.mesh, leading=1)
+
+    # Replicas ------------------------------------------------------------------------------
+
+    def _replica_params(self, params, k: int):
+        """Replica k's params from (unreplicated) state params."""
+        return params if self.replicas == 1 else state_lib.replica(params, k)
+
+    @contextlib.contextmanager
+    def _as_replica(self, k: int) -> Iterator[None]:
+        """While replica k is evaluated, the task sees its seed (e.g. to sample replies),
+        as the separate run with that seed would."""
+        seed = self.config.seed
+        self.config.seed = self.seeds[k]
+        try:
+            yield
+        finally:
+            self.config.seed = seed
+
+    def _out_dir(self, name: str, k: int) -> Path:
+        """workdir/<name>, or workdir/<name>/replica-k with replicas."""
+        out = self.workdir / name
+        return out if self.replicas == 1 else out / f"replica-{k}"
 
     # Evaluation ----------------------------------------------------------------------------
 
@@ -243,38 +332,40 @@ class Trainer:
             raise UserInputError("data.train: required when train.steps > 0")
 
         start = 0
-        iterator = self._train_iterator(train_features) if train_features is not None else None
-        abstract = state_lib.abstract_like(self.state, self.shardings)
-        restored = self.checkpoints.restore(abstract)
+        iterators = self._train_iterators(train_features) if train_features is not None \
+            else None
+        abstract = state_lib.abstract_like(self.state, self.state_shardings)
+        restored = self.checkpoints.restore(abstract, check_data=self._check_data_state)
         if restored is not None:
             self.state, data_state, self.rng = restored
-            if iterator is not None:
-                iterator.set_state(data_state)
-            start = int(self.state.step)
+            if iterators is not None:
+                self._set_data_state(iterators, data_state)
+            start = int(np.asarray(self.state.step).reshape(-1)[0])
         if self.mode == "pmap":
             self.state = parallel.replicate(self.state)
 
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())
+        self.writer.write(start, "model", {"params": self.num_params,
+                                           "trained_params": self.trained_params,
+                                           "replicas": self.replicas})
         periodic = config.eval.periodic_split
         progress = Progress(start, self.total_steps, config.train.progress_bar)
         step = start
-        last_time, last_step = time.perf_counter(), start
+        loop_started = time.perf_counter()
+        last_time, last_step = loop_started, start
         try:
             with _GracefulStop() as stop:
                 while step < self.total_steps:
-                    batch = self._device_batch(next(iterator), self.accum)
+                    batch = self._next_batch(iterators)
                     self.state, metrics = self.train_step(self.state, batch, self.rng)
                     step += 1
                     log_now = step % config.train.log_every == 0 or step == self.total_steps
                     if log_now:
-                        metrics = jax.tree.map(lambda x: float(np.asarray(x).reshape(-1)[0]),
-                                               metrics)
                         now = time.perf_counter()
-                        metrics["steps_per_second"] = (step - last_step) / (now - last_time)
+                        rate = (step - last_step) / (now - last_time)
                         last_time, last_step = now, step
-                        self.writer.write(step, "train", metrics)
-                        progress.update(metrics["loss"])
+                        progress.update(self._log_train(step, metrics, rate))
                     else:
                         progress.update()
                     eval_now = config.train.eval_every and step % config.train.eval_every == 0
@@ -282,86 +373,159 @@ class Trainer:
                         self._periodic_eval(step, periodic, eval_features[periodic])
                     if (config.checkpoint.every and step % config.checkpoint.every == 0) or (
                             stop.requested):
-                        self._save(step, iterator)
+                        self._save(step, iterators)
                     if stop.requested:
                         raise StopRequested(f"stopped at step {step}; resume with the same "
                                             f"command")
         finally:
             progress.close()
             self.checkpoints.wait()  # a save in flight completes before any exit
+        train_seconds = time.perf_counter() - loop_started
 
         if self.total_steps > 0:
-            self._save(step, iterator)
+            self._save(step, iterators)
         results = self._final(step, eval_features)
         self.checkpoints.wait()
         self.checkpoints.close()
+        self.writer.write(step, "session", {
+            "seconds": time.perf_counter() - self.started, "train_seconds": train_seconds,
+            "start_step": start})
         self.writer.close()
         return results
+
+    def _log_train(self, step: int, metrics: dict, steps_per_second: float) -> float:
+        """Writes the step's train metrics (one record per replica); returns the loss
+        (the mean over replicas) for the progress bar."""
+        values = jax.tree.map(lambda x: np.asarray(x, np.float64), metrics)
+        if self.mode == "pmap":  # every device holds the same (psummed) metrics
+            values = {k: v.reshape(-1)[0] for k, v in values.items()}
+        for k in range(self.replicas):
+            record = {name: float(v if self.replicas == 1 else v[k])
+                      for name, v in values.items()}
+            record["steps_per_second"] = steps_per_second
+            self.writer.write(step, "train", record,
+                              replica=k if self.replicas > 1 else None)
+        return float(np.mean(values["loss"]))
+
+    def _check_data_state(self, data_state: dict) -> None:
+        saved = len(data_state.get("replicas", [data_state]))
+        if saved != self.replicas:
+            raise UserInputError(
+                f"{self.checkpoints.latest.directory}: the checkpoint holds {saved} "
+                f"replica(s), this run has train.replicas={self.replicas}; resume with the "
+                f"same train.replicas")
 
     def _final_params(self):
         """Params as a jit-mode (mesh-sharded) tree, whatever the parallelism."""
         return parallel.unreplicate(self.state.params) if self.mode == "pmap" \
             else self.state.params
 
-    def _save(self, step: int, iterator) -> None:
+    def _save(self, step: int, iterators) -> None:
         state = parallel.unreplicate(self.state) if self.mode == "pmap" else self.state
-        data_state = iterator.get_state() if iterator is not None else {}
-        self.checkpoints.save(step, state, data_state, self.rng)
+        self.checkpoints.save(step, state, self._data_state(iterators), self.rng)
 
-    def _periodic_eval(self, step: int, split: str, features) -> dict:
-        metrics, _ = self.evaluate_split(split, features, self.state.params)
-        self.writer.write(step, split, metrics)
-        params = self._final_params()
-        if self.checkpoints.save_best(step, params, metrics):
-            logging.info("step %d: new best %s = %.4f", step, self.checkpoints.metric,
-                         metrics[self.checkpoints.metric])
+    def _periodic_eval(self, step: int, split: str, features) -> list[dict]:
+        """Evaluates every replica on `split`, keeping each one's best params."""
+        return [self._periodic_eval_replica(k, step, split, features)
+                for k in range(self.replicas)]
+
+    def _periodic_eval_replica(self, k: int, step: int, split: str, features) -> dict:
+        with self._as_replica(k):
+            metrics, _ = self.evaluate_split(
+                split, features, self._replica_params(self.state.params, k))
+        self.writer.write(step, split, metrics, replica=k if self.replicas > 1 else None)
+        if self.checkpoints.save_best(step, self._replica_params(self._final_params(), k),
+                                      metrics, replica=k):
+            logging.info("step %d: new best %s = %.4f%s", step, self.checkpoints.metric,
+                         metrics[self.checkpoints.metric],
+                         f" (replica {k})" if self.replicas > 1 else "")
         return metrics
 
     def _final(self, step: int, eval_features: dict) -> dict[str, Any]:
+        per_replica = [self._final_replica(k, step, eval_features)
+                       for k in range(self.replicas)]
+        results = per_replica[0] if self.replicas == 1 else \
+            replica_summary(per_replica, self.seeds)
+        if jax.process_index() == 0:  # whole or absent: a sweep takes it as "done"
+            partial = self.workdir / "results.json.tmp"
+            partial.write_text(json.dumps(results, indent=2) + "\n")
+            partial.replace(self.workdir / "results.json")
+        return results
+
+    def _final_replica(self, k: int, step: int, eval_features: dict) -> dict[str, Any]:
+        """Final evaluation, predictions and export of replica k (the only one, without
+        replicas)."""
         config = self.config
         periodic = config.eval.periodic_split
+        replica = k if self.replicas > 1 else None
         results: dict[str, Any] = {}
         if periodic in eval_features and self.total_steps > 0:
-            results[periodic] = self._periodic_eval(step, periodic, eval_features[periodic])
+            results[periodic] = self._periodic_eval_replica(k, step, periodic,
+                                                            eval_features[periodic])
 
-        params, source = self.state.params, f"step {step}"
+        params = self._replica_params(self.state.params, k)
+        source = f"step {step}"
         if config.checkpoint.use_best_for_final and self.total_steps > 0:
-            abstract = state_lib.abstract_like(self._final_params(), self.shardings.params)
-            best = self.checkpoints.restore_best(abstract)
+            abstract = state_lib.abstract_like(
+                self._replica_params(self._final_params(), k), self.shardings.params)
+            best = self.checkpoints.restore_best(abstract, replica=k)
             if best is not None:
                 best_step, params = best
                 source = f"best {self.checkpoints.metric} at step {best_step}"
                 if self.mode == "pmap":
                     params = parallel.replicate(params)
-        logging.info("Final evaluation with the params of %s", source)
+        logging.info("Final evaluation%s with the params of %s",
+                     f" of replica {k}" if replica is not None else "", source)
 
-        pred_dir = self.workdir / "predictions"
+        pred_dir = self._out_dir("predictions", k)
         final_params = parallel.unreplicate(params) if self.mode == "pmap" else params
         model_params = self.model_params(final_params)
-        for split in config.eval.splits:
-            if split not in eval_features:
-                continue
-            metrics, outputs = self.evaluate_split(split, eval_features[split], params)
-            metrics["params_from"] = source
-            results[split] = metrics
-            self.writer.write(step, split, {"final": 1, **metrics})
-            if config.eval.write_predictions:  # every process: samples may be collective
-                pred_dir.mkdir(parents=True, exist_ok=True)
-                self.task.write_predictions(split, outputs, pred_dir / f"{split}.jsonl",
-                                            params=model_params)
+        with self._as_replica(k):
+            for split in config.eval.splits:
+                if split not in eval_features:
+                    continue
+                metrics, outputs = self.evaluate_split(split, eval_features[split], params)
+                metrics["params_from"] = source
+                results[split] = metrics
+                self.writer.write(step, split, {"final": 1, **metrics}, replica=replica)
+                if config.eval.write_predictions:  # every process: samples may be collective
+                    pred_dir.mkdir(parents=True, exist_ok=True)
+                    self.task.write_predictions(split, outputs, pred_dir / f"{split}.jsonl",
+                                                params=model_params)
 
         if config.checkpoint.export:
             host = parallel.to_host(model_params)
             trainable = parallel.to_host(final_params) if self.adapter is not None else None
+            export_dir = self._out_dir("export", k)
             if jax.process_index() == 0:
-                self.task.export(self.workdir / "export", host)
+                self.task.export(export_dir, host)
                 if self.adapter is not None:
-                    peft.write_adapter(self.workdir / "export" / "adapter", self.peft,
+                    peft.write_adapter(export_dir / "adapter", self.peft,
                                        self.adapter, trainable, host,
                                        self.checkpoints.base["path"])
-        if jax.process_index() == 0:
-            (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         return results
+
+
+def replica_summary(per_replica: Sequence[dict], seeds: Sequence[int]) -> dict[str, Any]:
+    """results.json of a run with replicas: per split the mean of each numeric metric over
+    replicas, under "std" their sample standard deviation (ddof=1), under "replicas" each
+    replica's own results with its seed."""
+    means: dict[str, Any] = {}
+    stds: dict[str, Any] = {}
+    for split, first in per_replica[0].items():
+        means[split], stds[split] = {}, {}
+        for name, value in first.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                means[split][name] = value  # e.g. params_from: each replica says its own
+                continue
+            values = np.asarray([r[split][name] for r in per_replica], np.float64)
+            means[split][name] = float(values.mean())
+            stds[split][name] = float(values.std(ddof=1))
+        if "params_from" in first:
+            means[split]["params_from"] = "mean over replicas"
+    replicas = [{"replica": k, "seed": seed, **r}
+                for k, (seed, r) in enumerate(zip(seeds, per_replica, strict=True))]
+    return {**means, "std": stds, "replicas": replicas}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:

@@ -1,7 +1,8 @@
 """Where a run reports: metrics.jsonl, TensorBoard event files and a progress bar.
 
 Only process 0 writes. Each logged event is one JSON object per line of
-`workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}.
+`workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
+(plus `"replica": k` in runs with `train.replicas` > 1).
 Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
 """
 
@@ -41,15 +42,21 @@ class MetricWriter:
 
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
-    def write(self, step: int, split: str, metrics: dict) -> None:
+    def write(self, step: int, split: str, metrics: dict, replica: int | None = None) -> None:
+        """One record; `replica` (runs with `train.replicas` > 1) is added to it as
+        `"replica": k` and to the TensorBoard tags as `<split>/<metric>/replica-k`."""
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, **_jsonable(metrics)}
+        suffix = ""
+        if replica is not None:
+            record["replica"] = int(replica)
+            suffix = f"/replica-{replica}"
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
             if np.ndim(value) == 0 and isinstance(record[name], int | float):
-                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+                self._tb.add_scalar(f"{split}/{name}{suffix}", float(value), int(step))
         self._tb.flush()
 
     def close(self) -> None:

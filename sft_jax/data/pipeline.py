@@ -149,6 +149,29 @@ def steps_per_epoch(n_examples: int, global_batch_size: int) -> int:
     return n_examples // global_batch_size
 
 
+def pad_to_common_length(
+    batches: Sequence[Mapping[str, np.ndarray]], pad_values: Mapping[str, int | float]
+) -> list[dict[str, np.ndarray]]:
+    """Pads each [B, L] field of every batch to the longest L that field has in any of
+    them (with `pad_values[field]`, 0 if absent), so that the batches stack into one
+    array per field (replicas drawing their own batches from one step)."""
+    longest: dict[str, int] = {}
+    for batch in batches:
+        for k, v in batch.items():
+            if v.ndim >= 2:
+                longest[k] = max(longest.get(k, 0), v.shape[-1])
+    out = []
+    for batch in batches:
+        padded = dict(batch)
+        for k, length in longest.items():
+            v = batch[k]
+            if v.shape[-1] < length:
+                pad = [(0, 0)] * (v.ndim - 1) + [(0, length - v.shape[-1])]
+                padded[k] = np.pad(v, pad, constant_values=pad_values.get(k, 0))
+        out.append(padded)
+    return out
+
+
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise UserInputError(f"global batch size {global_batch_size} must be a positive "
