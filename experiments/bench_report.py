@@ -150,6 +150,24 @@ def markdown(r: dict) -> str:
                           _f(x.get("tokens_per_s"), 0), _pct(x.get("mfu")),
                           _mb((x["memory"] or {}).get("total")), _f(x["compile_s"], 1)]
                          for x in r["scaling"]])
+    if r.get("replicas"):
+        lines += ["## Replicas in one program vs sequential runs (`train.replicas=K`)", "",
+                  "Same config and updates per replica; wall = process wall time summed over "
+                  "the side's processes (start-up, loading, compilation included); train = "
+                  "seconds in the training loop.", ""]
+        lines += _table(["run", "K", "steps × batch", "wall s (one / sequential)",
+                         "wall speed-up", "train ex/s (one / sequential)", "train speed-up",
+                         "peak RSS MiB (one / largest sequential)"],
+                        [[x["name"], str(x["replicas"]), f"{x['steps']} × {x['batch']}",
+                          f"{_f(x['one_program']['wall_s'], 0)} / "
+                          f"{_f(x['sequential']['wall_s'], 0)}",
+                          f"{_f(x['wall_speedup'])}×",
+                          f"{_f(x['one_program']['examples_per_s'], 1)} / "
+                          f"{_f(x['sequential']['examples_per_s'], 1)}",
+                          f"{_f(x['train_speedup'])}×",
+                          f"{_mb(x['one_program']['peak_rss_bytes'])} / "
+                          f"{_mb(x['sequential']['peak_rss_bytes'])}"]
+                         for x in r["replicas"]])
     lines += ["## Targets", ""]
     lines += _table(["target", "value", "goal", "met"],
                     [[t["name"], _f(t["value"], 6 if t["goal"] < 1e-2 else 2), f"{t['goal']:g}",

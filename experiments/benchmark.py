@@ -27,6 +27,8 @@ What runs (each suite's sizes, step counts and batches are in `SUITES`):
    weights, batch 1 and 8, exactly `new_tokens` new tokens per row (no stop token).
 6. scaling (ours only): step time vs sequence length and depth, with remat off/on, and
    XLA's peak memory (arguments + outputs + temporaries − donated) vs batch size.
+7. replicas (ours only): `train.replicas=K` in one process vs K sequential runs of the
+   same config through the command line, K from the suite (`bench_replicas.py`).
 
 Threads: torch.set_num_threads(= the CPUs this process may use); XLA's CPU client uses
 all of them by default; XLA_FLAGS is recorded as found (this script sets none). JAX
@@ -52,6 +54,9 @@ results.json:
            first_s, mfu}, torch {...}, ratio, same_tokens_fraction}],
   scaling [{batch, seq, layers, remat, steps, step_s_median, tokens_per_s, mfu,
             compile_s, memory {argument, output, temp, alias, total}}],
+  replicas [{name, config, replicas, steps, batch, one_program {processes, wall_s, train_s,
+             examples_per_s, examples_per_wall_s, peak_rss_bytes}, sequential {...},
+             wall_speedup, train_speedup}],
   targets [{name, value, goal, met}], pending [str], errors [str]
 """
 
@@ -74,7 +79,7 @@ from typing import Any
 import numpy as np
 
 from experiments import bench_models as bm
-from experiments import bench_report
+from experiments import bench_replicas, bench_report
 
 SCHEMA = "sft_jax.benchmark/1"
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +105,8 @@ class Suite:
     packing: dict = dataclasses.field(default_factory=dict)
     decode: dict = dataclasses.field(default_factory=dict)
     scaling: dict = dataclasses.field(default_factory=dict)
+    # replicas: {"ks": [K, ...], "runs": [{name, config, overrides, steps, batch}, ...]}
+    replicas: dict = dataclasses.field(default_factory=dict)
 
 
 def _no_dropout(d: dict[str, dict]) -> dict[str, dict]:
@@ -129,6 +136,9 @@ SUITES: dict[str, Suite] = {
         decode=dict(hf=_TINY["llama"], batches=[1, 8], prompt_len=8, new_tokens=4, rounds=1),
         scaling=dict(hf=_TINY["llama"], seqs=[16], seq_layers=1, depths=[], depth_seq=16,
                      batches=[2], batch_seq=16, remats=["none", "full"], steps=1),
+        replicas=dict(ks=[2], runs=[dict(
+            name="minilm", config="configs/classification.py:runlocal", steps=2, batch=8,
+            overrides={"data.limit_train": 32})]),
     ),
     "cpu": Suite(
         families=_REAL, rows=_rows(_REAL, ((4, 128), (1, 512)), "float32"),
@@ -141,6 +151,13 @@ SUITES: dict[str, Suite] = {
         scaling=dict(hf=_SMOL4, seqs=[128, 512, 2048], seq_layers=2, depths=[6],
                      depth_seq=512, batches=[1, 8], batch_seq=512, remats=["none", "full"],
                      steps=1),
+        replicas=dict(ks=[1, 2, 4, 8], runs=[
+            dict(name="minilm-l6 rotten-tomatoes", config="configs/classification.py",
+                 steps=20, batch=32, overrides={"data.max_length": 64,
+                                                "data.buckets": "(16,32,48,64)"}),
+            dict(name="smollm2-135m chitchat", config="configs/dialogue.py", steps=3,
+                 batch=2, overrides={"data.max_length": 128, "data.limit_train": 400,
+                                     "data.limit_eval": 1})]),
     ),
     "gpu": Suite(
         families={**_REAL, "llama-1b": _1B},
@@ -156,6 +173,12 @@ SUITES: dict[str, Suite] = {
         scaling=dict(hf=bm.with_layers(_1B, 4), seqs=[1024, 4096], seq_layers=4, depths=[8],
                      depth_seq=2048, batches=[1, 8], batch_seq=2048, remats=["none", "full"],
                      steps=3),
+        replicas=dict(ks=[1, 2, 4, 8], runs=[
+            dict(name="minilm-l6 rotten-tomatoes", config="configs/classification.py",
+                 steps=100, batch=32, overrides={"data.max_length": 64,
+                                                 "data.buckets": "(16,32,48,64)"}),
+            dict(name="smollm2-135m chitchat", config="configs/dialogue.py", steps=20,
+                 batch=4, overrides={"data.limit_eval": 1})]),
     ),
 }
 
@@ -395,7 +418,7 @@ def machine(threads: int) -> dict:
                          "python": platform.python_version()}}
 
 
-SECTIONS = ("train", "same_loss", "packing", "decode", "scaling")
+SECTIONS = ("train", "same_loss", "packing", "decode", "scaling", "replicas")
 
 
 def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIONS) -> dict:
@@ -407,7 +430,7 @@ def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIO
         "schema": SCHEMA, "suite": name, "command": command,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(threads), "train": [], "same_loss": [], "decode": [],
-        "scaling": [], "packing": None, "pending": [], "errors": [], "timings": {},
+        "scaling": [], "replicas": [], "packing": None, "pending": [], "errors": [], "timings": {},
     }
     accel = result["machine"]["backend"] != "cpu"
     peak_dtype = "bfloat16" if accel else "float32"
@@ -458,6 +481,10 @@ def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIO
             if "scaling" in only:
                 result["scaling"] = section(
                     "scaling", lambda: run_scaling(pool, suite, peak)) or []
+            for run in suite.replicas.get("runs", []) if "replicas" in only else ():
+                result["replicas"] += section(f"replicas {run['name']}", lambda run=run:
+                                              bench_replicas.measure(
+                    **run, ks=suite.replicas["ks"], tmp=tmp, log=out / "replicas.log")) or []
     finally:
         pool.close()
     result["targets"] = bench_report.targets(result)

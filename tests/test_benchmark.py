@@ -52,6 +52,15 @@ def test_schema(smoke):
         assert d["ours"]["tokens_per_s"] > 0 and d["torch"]["tokens_per_s"] > 0
         # Same weights, greedy: the tiny random model's continuations agree with HF's.
         assert d["same_tokens_fraction"] == 1.0
+    [rep] = smoke["replicas"]  # K=2 replicas in one process vs 2 sequential runs
+    assert rep["replicas"] == 2 and rep["one_program"]["processes"] == 1
+    assert rep["sequential"]["processes"] == 2
+    for side in ("one_program", "sequential"):
+        s = rep[side]
+        assert 0 < s["train_s"] < s["wall_s"] and s["peak_rss_bytes"] > 0
+        assert s["examples_per_s"] == pytest.approx(2 * 2 * 8 / s["train_s"])
+    assert rep["wall_speedup"] == pytest.approx(rep["sequential"]["wall_s"]
+                                                / rep["one_program"]["wall_s"])
     pk = smoke["packing"]
     assert pk["source"] == "synthetic"
     assert pk["packing"]["fill"] > pk["padding"]["fill"]
