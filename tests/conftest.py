@@ -3,6 +3,7 @@ and a tiny, learnable sentiment corpus, both generated on the fly."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -10,9 +11,19 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One persistent XLA compilation cache for the test session, shared by the tests and by the
+# CLI processes they start (set before anything imports jax): the same tiny programs are
+# compiled once, not once per process. It changes no result: a cached executable is the
+# one the same program would compile to.
+_XLA_CACHE = tempfile.mkdtemp(prefix="sft-jax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 POSITIVE = ["good", "great", "superb", "lovely", "fun", "moving"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy"]
