@@ -28,6 +28,8 @@ from sft_jax import runs as runs_lib
 from sft_jax.errors import UserInputError
 
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl")
+# Not reported by default: counts, not scores (summary.csv still has every metric).
+COUNTS = frozenset({"tokens", "support", "examples"})
 NON_CURVE_SPLITS = frozenset({"train", "data", "model", "session"})
 MISSING = "–"
 
@@ -178,8 +180,9 @@ def eval_names(runs: list[runs_lib.Run], rows: list[dict[str, Any]]) -> dict[str
 def choose_metrics(runs: list[runs_lib.Run], rows: list[dict[str, Any]], split: str | None,
                    metrics: Sequence[str] | None) -> tuple[str, list[str]]:
     """(split, metric names) to report: by default `test` if it has results, else
-    `validation`, and every metric of that split's final results. UserInputError for a
-    split or a metric that no run has."""
+    `validation`, and the headline metrics of that split's final results (the runs'
+    `checkpoint.best_metric` first, then every metric that is neither per class, like
+    `f1/<label>`, nor a count). UserInputError for a split or a metric that no run has."""
     known = eval_names(runs, rows)
     if split is None:
         split = next((s for s in ("test", "validation") if s in known), None)
@@ -189,9 +192,12 @@ def choose_metrics(runs: list[runs_lib.Run], rows: list[dict[str, Any]], split: 
                              f"{', '.join(sorted(known)) or 'none'})")
     available = known.get(split, [])
     if not metrics:
-        finals = {c.partition("/")[2]: None for row in rows for c in row
-                  if c.startswith(f"{split}/")}
-        return split, list(finals)
+        finals = list({c.partition("/")[2]: None for row in rows for c in row
+                       if c.startswith(f"{split}/")})
+        headline = [m for m in finals if "/" not in m and m not in COUNTS]
+        best = {str(r.config.get("checkpoint", {}).get("best_metric", "")) for r in runs}
+        headline.sort(key=lambda m: m not in best)  # stable: the best metric first
+        return split, headline or finals
     unknown = [m for m in metrics if m not in available]
     if unknown:
         raise UserInputError(f"--metric={','.join(unknown)}: not a {split} metric of these "
@@ -232,12 +238,10 @@ def short_names(keys: list[str]) -> list[str]:
 
 
 def markdown_table(groups: list[Group], keys: list[str], metrics: list[str]) -> str:
-    """A Markdown table: group columns, n, then `mean ± std` and the 95% CI of each metric
-    column, the best group's cells in bold."""
+    """A Markdown table: group columns, n, then per metric `mean ± std [95% CI]`, the best
+    group's cells in bold."""
     heads = [*(short_names(keys) or ["runs"]), "n"]
-    for metric in metrics:
-        name = metric.partition("/")[2] or metric
-        heads += [f"{name} (mean ± std)", f"{name} 95% CI"]
+    heads += [metric.partition("/")[2] or metric for metric in metrics]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for group in groups:
         cells = [show_value(group.overrides[k]) for k in keys] or [group.label]
@@ -247,9 +251,8 @@ def markdown_table(groups: list[Group], keys: list[str], metrics: list[str]) -> 
             mean, ci = format_stats(metric, stats)
             if 0 < stats.n < group.n:
                 mean += f" (n={stats.n})"
-            if metric in group.best:
-                mean, ci = f"**{mean}**", f"**{ci}**"
-            cells += [mean, ci]
+            cell = f"{mean} {ci}"
+            cells.append(f"**{cell}**" if metric in group.best else cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -279,7 +282,7 @@ def summary_markdown(title: str, read: list[str], split: str, table: str,
     rule = f"highest mean; lowest for {', '.join(lower)}" if lower else "highest mean"
     return "\n".join([
         f"# {title}", "", *read, "",
-        f"## {split}: mean ± std over seeds and 95% CI of the mean", "", table, "",
+        f"## {split}: mean ± std [95% CI of the mean] over seeds", "", table, "",
         "n: finished runs (seeds, replicas) of the group; std: sample std (ddof=1); "
         "95% CI: mean ± t(0.975, n−1)·std/√n (Student's t); – where undefined (n < 2). "
         f"Bold: the best group per metric ({rule}).", ""])
