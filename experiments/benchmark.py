@@ -155,9 +155,10 @@ SUITES: dict[str, Suite] = {
             dict(name="minilm-l6 rotten-tomatoes", config="configs/classification.py",
                  steps=20, batch=32, overrides={"data.max_length": 64,
                                                 "data.buckets": "(16,32,48,64)"}),
-            dict(name="smollm2-135m chitchat", config="configs/dialogue.py", steps=3,
+            # LoRA: the frozen 135M base is shared by the replicas, so K=8 fits in memory.
+            dict(name="smollm2-135m LoRA chitchat", config="configs/dialogue.py", steps=3,
                  batch=2, overrides={"data.max_length": 128, "data.limit_train": 400,
-                                     "data.limit_eval": 1})]),
+                                     "data.limit_eval": 1, "peft.method": "lora"})]),
     ),
     "gpu": Suite(
         families={**_REAL, "llama-1b": _1B},
@@ -178,7 +179,9 @@ SUITES: dict[str, Suite] = {
                  steps=100, batch=32, overrides={"data.max_length": 64,
                                                  "data.buckets": "(16,32,48,64)"}),
             dict(name="smollm2-135m chitchat", config="configs/dialogue.py", steps=20,
-                 batch=4, overrides={"data.limit_eval": 1})]),
+                 batch=4, overrides={"data.limit_eval": 1}),
+            dict(name="smollm2-135m LoRA chitchat", config="configs/dialogue.py", steps=20,
+                 batch=4, overrides={"data.limit_eval": 1, "peft.method": "lora"})]),
     ),
 }
 

@@ -106,6 +106,22 @@ def test_classification_replicas_on_a_four_device_mesh(classification, tmp_path)
     _assert_replicas_equal_separate_runs(tmp_path, separate)
 
 
+def test_replicas_with_lora_and_gradient_accumulation(classification, tmp_path):
+    """LoRA (one frozen base shared by the replicas, adapters and head per replica) and two
+    micro-batches per update: still each replica equals its separate run."""
+    _, base, _ = classification
+    lora = {**base, "peft.method": "lora", "peft.lora_rank": 2, "optim.grad_accum": 2,
+            "train.batch_size": 4, "train.steps": 4, "train.eval_every": 2,
+            "checkpoint.every": 2, "checkpoint.export": False, "eval.splits": ("test",)}
+    separate = [tmp_path / f"seed-{3 + k}" for k in range(2)]
+    for k, workdir in enumerate(separate):
+        _train("classification", workdir, {**lora, "seed": 3 + k})
+    _train("classification", tmp_path / "replicas", {**lora, "train.replicas": 2})
+    _assert_replicas_equal_separate_runs(tmp_path / "replicas", separate, splits=("test",))
+    model = read_metrics(tmp_path / "replicas", "model")[0]
+    assert 0 < model["trained_params"] < model["params"] / 10
+
+
 def test_replicas_resume_exactly_after_a_crash(classification, tmp_path):
     """A crash during step 5 (after the step-3 checkpoint), then the same run again: the
     same per-step losses and final params as the uninterrupted replicated run."""
