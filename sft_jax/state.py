@@ -164,6 +164,14 @@ class ReplicaStack:
         self.tree = self._set(self.tree, tree, jnp.int32(k))
 
 
-def replica(tree, k: int) -> Any:
-    """Replica k of a tree stacked by `stack_replicas`."""
-    return jax.tree.map(lambda x: x[k], tree)
+def replica(tree, k: int, shardings) -> Any:
+    """Replica k of a tree stacked by `ReplicaStack`, placed by `shardings` (one replica's);
+    sliced inside jit, so it works on arrays spread over several processes too."""
+    return jax.jit(lambda t, i: jax.tree.map(lambda x: x[i], t),
+                   out_shardings=shardings)(tree, jnp.int32(k))
+
+
+def unstacked(tree, shardings) -> Any:
+    """ShapeDtypeStructs of one replica of a stacked tree, carrying `shardings`."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=s),
+                        tree, shardings)

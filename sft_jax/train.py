@@ -266,8 +266,10 @@ class Trainer:
     # Replicas ------------------------------------------------------------------------------
 
     def _replica_params(self, params, k: int):
-        """Replica k's params from (unreplicated) state params."""
-        return params if self.replicas == 1 else state_lib.replica(params, k)
+        """Replica k's params from the state's params (as they are: pmap-replicated under
+        pmap, where there is one replica)."""
+        return params if self.replicas == 1 else state_lib.replica(params, k,
+                                                                   self.shardings.params)
 
     @contextlib.contextmanager
     def _as_replica(self, k: int) -> Iterator[None]:
@@ -430,12 +432,12 @@ class Trainer:
                 for k in range(self.replicas)]
 
     def _periodic_eval_replica(self, k: int, step: int, split: str, features) -> dict:
+        params = self._replica_params(self.state.params, k)
         with self._as_replica(k):
-            metrics, _ = self.evaluate_split(
-                split, features, self._replica_params(self.state.params, k))
+            metrics, _ = self.evaluate_split(split, features, params)
         self.writer.write(step, split, metrics, replica=k if self.replicas > 1 else None)
-        if self.checkpoints.save_best(step, self._replica_params(self._final_params(), k),
-                                      metrics, replica=k):
+        host_params = parallel.unreplicate(params) if self.mode == "pmap" else params
+        if self.checkpoints.save_best(step, host_params, metrics, replica=k):
             logging.info("step %d: new best %s = %.4f%s", step, self.checkpoints.metric,
                          metrics[self.checkpoints.metric],
                          f" (replica {k})" if self.replicas > 1 else "")
@@ -466,8 +468,9 @@ class Trainer:
         params = self._replica_params(self.state.params, k)
         source = f"step {step}"
         if config.checkpoint.use_best_for_final and self.total_steps > 0:
-            abstract = state_lib.abstract_like(
-                self._replica_params(self._final_params(), k), self.shardings.params)
+            abstract = state_lib.abstract_like(self._final_params(), self.shardings.params) \
+                if self.replicas == 1 else state_lib.unstacked(self.state.params,
+                                                               self.shardings.params)
             best = self.checkpoints.restore_best(abstract, replica=k)
             if best is not None:
                 best_step, params = best
