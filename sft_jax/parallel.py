@@ -21,6 +21,7 @@ from flax import linen as nn
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sft_jax.data.pipeline import pad_to_lengths
 from sft_jax.errors import UserInputError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -120,12 +121,8 @@ def agree_on_length(batch: Mapping[str, np.ndarray], pad_values: Mapping[str, in
         return batch
     local = np.asarray([batch[k].shape[-1] for k in seq_keys], np.int32)  # fields
     longest = np.max(multihost_utils.process_allgather(local), axis=0)  # [procs, fields] -> fields
-    for k, length in zip(seq_keys, longest.tolist(), strict=True):
-        v = batch[k]
-        if v.shape[-1] < length:
-            pad = [(0, 0)] * (v.ndim - 1) + [(0, length - v.shape[-1])]
-            batch[k] = np.pad(v, pad, constant_values=pad_values.get(k, 0))
-    return batch
+    return pad_to_lengths(batch, dict(zip(seq_keys, longest.tolist(), strict=True)),
+                          pad_values)
 
 
 def split_micro_batches(batch: Mapping[str, np.ndarray], k: int) -> dict:

@@ -246,9 +246,13 @@ class Trainer:
             return iterators[0].get_state()
         return {"replicas": [it.get_state() for it in iterators]}
 
+    @staticmethod
+    def _replica_data_states(data_state: dict) -> list[dict]:
+        """The iterator state of each replica in a checkpoint's data item."""
+        return data_state.get("replicas", [data_state])
+
     def _set_data_state(self, iterators: list[pipeline.TrainIterator], data_state: dict):
-        for it, state in zip(iterators, data_state.get("replicas", [data_state]),
-                             strict=True):
+        for it, state in zip(iterators, self._replica_data_states(data_state), strict=True):
             it.set_state(state)
 
     def _device_batch(self, batch: dict, micro_batches: int | None) -> dict:
@@ -410,7 +414,7 @@ class Trainer:
         return float(np.mean(values["loss"]))
 
     def _check_data_state(self, data_state: dict) -> None:
-        saved = len(data_state.get("replicas", [data_state]))
+        saved = len(self._replica_data_states(data_state))
         if saved != self.replicas:
             raise UserInputError(
                 f"{self.checkpoints.latest.directory}: the checkpoint holds {saved} "

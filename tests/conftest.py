@@ -201,3 +201,17 @@ def tiny_chat_model(tmp_path_factory):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def crash_during_step(trainer, step: int) -> None:
+    """Makes `trainer` raise RuntimeError("simulated crash") when it starts update `step`
+    (after the updates before it ran, and their checkpoints were saved)."""
+    real_step, calls = trainer.train_step, []
+
+    def step_then_crash(state, batch, rng):
+        if len(calls) == step - 1:
+            raise RuntimeError("simulated crash")
+        calls.append(1)
+        return real_step(state, batch, rng)
+
+    trainer.train_step = step_then_crash

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import apply_overrides, load_config, read_metrics
+from conftest import apply_overrides, crash_during_step, load_config, read_metrics
 from test_train import check, run_cli
 
 TOL = dict(rtol=2e-5, atol=2e-6)
@@ -128,19 +128,12 @@ def test_replicas_resume_exactly_after_a_crash(classification, tmp_path):
     from sft_jax import train
 
     root, base, _ = classification
+
     def config():
         return apply_overrides(load_config(), {**base, "train.replicas": 2})
 
     crashing = train.Trainer(config(), tmp_path)
-    real_step, calls = crashing.train_step, []
-
-    def step_then_crash(state, batch, rng):
-        if len(calls) == 4:
-            raise RuntimeError("simulated crash")
-        calls.append(1)
-        return real_step(state, batch, rng)
-
-    crashing.train_step = step_then_crash
+    crash_during_step(crashing, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.train_and_evaluate()
     train.Trainer(config(), tmp_path).train_and_evaluate()

@@ -18,6 +18,7 @@ from conftest import (
     REPO,
     apply_overrides,
     cli_args,
+    crash_during_step,
     load_config,
     read_metrics,
     run_two_processes,
@@ -132,15 +133,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny, monkey
     straight.train_and_evaluate()
 
     crashing = train.Trainer(apply_overrides(load_config(), overrides), tmp_path / "resumed")
-    real_step, calls = crashing.train_step, []
-
-    def step_then_crash(state, batch, rng):
-        if len(calls) == 4:  # dies during step 5, after the checkpoint of step 3
-            raise RuntimeError("simulated crash")
-        calls.append(1)
-        return real_step(state, batch, rng)
-
-    crashing.train_step = step_then_crash
+    crash_during_step(crashing, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.train_and_evaluate()
 

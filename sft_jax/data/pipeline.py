@@ -149,27 +149,31 @@ def steps_per_epoch(n_examples: int, global_batch_size: int) -> int:
     return n_examples // global_batch_size
 
 
+def pad_to_lengths(batch: Mapping[str, np.ndarray], lengths: Mapping[str, int],
+                   pad_values: Mapping[str, int | float]) -> dict[str, np.ndarray]:
+    """Pads the last axis of each field named in `lengths` up to that length (with
+    `pad_values[field]`, 0 if absent); fields already as long are kept."""
+    padded = dict(batch)
+    for k, length in lengths.items():
+        v = batch[k]
+        if v.shape[-1] < length:
+            pad = [(0, 0)] * (v.ndim - 1) + [(0, length - v.shape[-1])]
+            padded[k] = np.pad(v, pad, constant_values=pad_values.get(k, 0))
+    return padded
+
+
 def pad_to_common_length(
     batches: Sequence[Mapping[str, np.ndarray]], pad_values: Mapping[str, int | float]
 ) -> list[dict[str, np.ndarray]]:
     """Pads each [B, L] field of every batch to the longest L that field has in any of
-    them (with `pad_values[field]`, 0 if absent), so that the batches stack into one
-    array per field (replicas drawing their own batches from one step)."""
+    them, so that the batches stack into one array per field (replicas drawing their own
+    batches from one step)."""
     longest: dict[str, int] = {}
     for batch in batches:
         for k, v in batch.items():
             if v.ndim >= 2:
                 longest[k] = max(longest.get(k, 0), v.shape[-1])
-    out = []
-    for batch in batches:
-        padded = dict(batch)
-        for k, length in longest.items():
-            v = batch[k]
-            if v.shape[-1] < length:
-                pad = [(0, 0)] * (v.ndim - 1) + [(0, length - v.shape[-1])]
-                padded[k] = np.pad(v, pad, constant_values=pad_values.get(k, 0))
-        out.append(padded)
-    return out
+    return [pad_to_lengths(batch, longest, pad_values) for batch in batches]
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
