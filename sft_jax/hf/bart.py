@@ -39,7 +39,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from sft_jax.errors import UserInputError
-from sft_jax.hf.llama import (
+from sft_jax.hf.tables import (
     Entry,
     Params,
     Path,

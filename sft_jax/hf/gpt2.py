@@ -22,17 +22,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sft_jax.hf.llama import (
-    Entry,
-    Params,
-    decoder_params_from_hf,
-    decoder_params_to_hf,
-    detect_prefix,
-    head_entries,
-    put,
-    same,
-    to_numpy,
-)
+from sft_jax.hf.llama import decoder_params_from_hf, decoder_params_to_hf
+from sft_jax.hf.tables import Entry, Params, detect_prefix, head_entries, put, same, to_numpy
 from sft_jax.models.gpt2 import Gpt2Config
 
 ARCHITECTURES = {

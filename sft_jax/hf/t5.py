@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sft_jax.hf.llama import Entry, head_entries, linear, log_unused, put, same, take, to_numpy
+from sft_jax.hf.tables import Entry, head_entries, linear, log_unused, put, same, take, to_numpy
 from sft_jax.models.t5 import T5Config
 
 log = logging.getLogger(__name__)

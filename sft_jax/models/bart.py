@@ -89,9 +89,15 @@ import numpy as np
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
-from sft_jax.models.hf_fields import check_model_type_and_fields
-from sft_jax.models.llama import decoder_inputs, hf_token_ids, token_ids_to_hf
+from sft_jax.models.common import (
+    canonical_dtype,
+    check_model_type_and_fields,
+    check_remat_policy,
+    hf_token_ids,
+    remat_layer,
+    token_ids_to_hf,
+)
+from sft_jax.models.decoder import decoder_inputs
 
 Array = jax.Array
 
@@ -122,7 +128,7 @@ class BartConfig:
     `decoder_vocab_size` is resolved at `from_hf` (BART and shared Marian tables:
     `vocab_size`). `share_encoder_decoder_embeddings` is Marian's flag (always True for
     BART). `dtype` is the compute dtype, `param_dtype` the storage dtype. `remat_policy`
-    is ours ('none', 'full', 'dots'; `bert.remat_layer`), for calls without a KV cache.
+    is ours ('none', 'full', 'dots'; `common.remat_layer`), for calls without a KV cache.
     """
 
     vocab_size: int
@@ -330,6 +336,7 @@ class EncoderLayer(nn.Module):
     positionally (remat)."""
 
     config: BartConfig
+    static_args = ('deterministic',)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:  # B S D
@@ -350,6 +357,7 @@ class DecoderLayer(nn.Module):
     positionally (remat)."""
 
     config: BartConfig
+    static_args = ('deterministic',)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(
@@ -419,7 +427,7 @@ class Encoder(nn.Module):
         cfg = self.config
         x = _embed_positions(cfg, x, positions, deterministic=deterministic)
         mask = layers.segment_mask(segment_ids)  # B 1 S S
-        layer_cls = remat_layer(EncoderLayer, cfg.remat_policy, static_argnums=(3,))
+        layer_cls = remat_layer(EncoderLayer, cfg.remat_policy)
         for i in range(cfg.encoder_layers):
             x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         return x
@@ -447,7 +455,7 @@ class Decoder(nn.Module):
         x = _embed_positions(cfg, x, positions, deterministic=deterministic)
         # Rematerialisation only in calls without a cache (training, scoring).
         policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(DecoderLayer, policy, static_argnums=(5,))
+        layer_cls = remat_layer(DecoderLayer, policy)
         new_layers = []
         for i in range(cfg.decoder_layers):
             layer = layer_cls(cfg, name=f"layer_{i}")

@@ -18,11 +18,7 @@ Parameter tree (our names; `sft_jax/hf/bert.py` maps them to Hugging Face):
     layer_{i}/mlp_norm/{scale,bias}
     pooler/kernel                        D D      ('embed', 'mlp'), bias D   (optional)
 
-Rematerialisation (`remat_policy`, shared by every family through `remat_layer`):
-'none' keeps every layer activation for the backward pass; 'full' wraps each layer in
-`nn.remat` and recomputes all of it; 'dots' (`jax.checkpoint_policies.
-dots_with_no_batch_dims_saveable`) keeps the projection/MLP matmul outputs and recomputes
-the rest (norms, activations, attention). The parameter tree does not change.
+Rematerialisation: `remat_policy` (`sft_jax/models/common.py`).
 """
 
 from __future__ import annotations
@@ -37,7 +33,12 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.hf_fields import check_model_type_and_fields
+from sft_jax.models.common import (
+    canonical_dtype,
+    check_model_type_and_fields,
+    check_remat_policy,
+    remat_layer,
+)
 
 Array = jax.Array
 
@@ -53,42 +54,6 @@ _REQUIRED = (
 )
 # Our fields that no HF config.json sets (model_type is read separately).
 _NOT_HF = ("dtype", "param_dtype", "model_type", "remat_policy")
-
-
-REMAT_POLICIES = ("none", "full", "dots")
-
-
-def check_remat_policy(policy: str) -> None:
-    if policy not in REMAT_POLICIES:
-        raise UserInputError(
-            f"model.remat: unknown policy {policy!r} ({', '.join(REMAT_POLICIES)})"
-        )
-
-
-def remat_layer(layer_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
-    """`layer_cls`, or it wrapped in `nn.remat` with `policy` (see the module docstring).
-
-    `static_argnums` count `self` as 0 and must cover every non-array argument
-    (Python bools, functions); the wrapped layer must be called positionally.
-    """
-    check_remat_policy(policy)
-    if policy == "none":
-        return layer_cls
-    saveable = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-    return nn.remat(layer_cls, policy=saveable[policy], static_argnums=static_argnums)
-
-
-def canonical_dtype(name: Any, *, where: str = "dtype") -> str:
-    """'bf16' / jnp.bfloat16 / 'bfloat16' -> 'bfloat16'; rejects non-float dtypes."""
-    aliases = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "fp16": "float16"}
-    name = aliases.get(name, name) if isinstance(name, str) else name
-    try:
-        dtype = jnp.dtype(name)
-    except TypeError as err:
-        raise UserInputError(f"{where}: unknown dtype {name!r}") from err
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise UserInputError(f"{where}: dtype {dtype.name!r} is not a floating-point dtype")
-    return dtype.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +200,7 @@ class BertLayer(nn.Module):
     """Post-LN block: x = LN(x + drop(attn(x))); x = LN(x + drop(mlp(x)))."""
 
     config: BertConfig
+    static_args = ('deterministic',)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool = True) -> Array:
@@ -295,7 +261,7 @@ class BertModel(nn.Module):
         )  # B T D
         pad = None if attention_mask is None else layers.padding_mask(attention_mask)
         mask = layers.combine_masks(pad, mask)  # B 1 1|T S
-        layer_cls = remat_layer(BertLayer, cfg.remat_policy, static_argnums=(3,))
+        layer_cls = remat_layer(BertLayer, cfg.remat_policy)
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         out = {"last_hidden_state": x}

@@ -34,14 +34,15 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
-from sft_jax.models.hf_fields import check_model_type_and_fields
-from sft_jax.models.llama import (
-    decoder_inputs,
+from sft_jax.models.common import (
+    canonical_dtype,
+    check_model_type_and_fields,
+    check_remat_policy,
     hf_token_ids,
-    lm_logits,
+    remat_layer,
     token_ids_to_hf,
 )
+from sft_jax.models.decoder import decoder_inputs, lm_logits
 
 Array = jax.Array
 
@@ -51,7 +52,7 @@ _REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
 @dataclasses.dataclass(frozen=True)
 class Gpt2Config:
     """Architecture of a GPT-2 decoder (HF field names) plus our dtypes and
-    `remat_policy` ('none', 'full', 'dots'; `bert.remat_layer`; calls without a cache)."""
+    `remat_policy` ('none', 'full', 'dots'; `common.remat_layer`; calls without a cache)."""
 
     vocab_size: int
     n_embd: int
@@ -188,6 +189,7 @@ class Gpt2Layer(nn.Module):
     """Pre-LN block: x += drop(attn(LN(x))); x += drop(mlp(LN(x)))."""
 
     config: Gpt2Config
+    static_args = ('deterministic',)  # non-array call arguments (remat)
     layer_index: int
 
     @nn.compact
@@ -267,7 +269,7 @@ class Gpt2Model(nn.Module):
         x = embed(input_ids) + position(positions)  # B T D
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
         policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(Gpt2Layer, policy, static_argnums=(5,))
+        layer_cls = remat_layer(Gpt2Layer, policy)
         new_layers = []
         for i in range(cfg.n_layer):
             x = layers.materialize_cotangent(x)

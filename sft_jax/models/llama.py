@@ -73,8 +73,15 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
-from sft_jax.models.hf_fields import check_model_type_and_fields
+from sft_jax.models.common import (
+    canonical_dtype,
+    check_model_type_and_fields,
+    check_remat_policy,
+    hf_token_ids,
+    remat_layer,
+    token_ids_to_hf,
+)
+from sft_jax.models.decoder import decoder_inputs, lm_logits
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
@@ -96,18 +103,13 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def hf_token_ids(value: Any) -> int | tuple[int, ...] | None:
-    """A config's bos/eos id(s), hashable (a list becomes a tuple)."""
-    return tuple(value) if isinstance(value, list | tuple) else value
-
-
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """Architecture of a Llama-family decoder (HF field names where HF has them) plus our
     dtypes. Resolved at `from_hf`: `num_key_value_heads`, `head_dim`, the biases implied
     by `model_type`, and `layer_types` ('full_attention' / 'sliding_attention' per layer).
     `hidden_dropout` is ours (HF Llama has no residual dropout; 0.0 reproduces it), and
-    so is `remat_policy` ('none', 'full', 'dots'; `bert.remat_layer`), which applies to
+    so is `remat_policy` ('none', 'full', 'dots'; `common.remat_layer`), which applies to
     calls without a KV cache.
     """
 
@@ -260,11 +262,6 @@ class LlamaConfig:
         return out
 
 
-def token_ids_to_hf(value: Any) -> Any:
-    """Inverse of `hf_token_ids` (a tuple goes back to a JSON list)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _sliding(
     hf: Mapping[str, Any], model_type: str, num_layers: int, *, where: str
 ) -> tuple[int | None, tuple[str, ...]]:
@@ -304,42 +301,11 @@ def init_cache(
     )
 
 
-def decoder_inputs(
-    input_ids: Array,
-    positions: Array | None,
-    segment_ids: Array | None,
-    cache: Mapping[str, Any] | None,
-    sliding_windows: set[int | None],
-) -> tuple[Array, Array, dict[int | None, Array], Array | None, Array]:
-    """Defaults and masks of the decoder batch contract, shared by the decoder families.
-
-    Returns (positions [B,T], segment_ids [B,T], {window: mask [B,1,T,S]}, cache index or
-    None, key segment ids [B,S] (the updated cache's, or segment_ids without a cache)).
-    """
-    b, t = input_ids.shape
-    if segment_ids is None:
-        segment_ids = jnp.ones((b, t), jnp.int32)
-    segment_ids = jnp.asarray(segment_ids, jnp.int32)
-    if cache is None:
-        index, key_segments = None, segment_ids
-        slots = jnp.arange(t)
-    else:
-        index = cache["index"]
-        key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids, (0, index))
-        slots = index + jnp.arange(t)
-    if positions is None:
-        positions = jnp.broadcast_to(slots, (b, t))
-    masks = {
-        w: layers.decoder_mask(segment_ids, key_segments, slots, sliding_window=w)
-        for w in sliding_windows
-    }
-    return jnp.asarray(positions, jnp.int32), segment_ids, masks, index, key_segments
-
-
 class LlamaLayer(nn.Module):
     """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x)) (SwiGLU)."""
 
     config: LlamaConfig
+    static_args = ('qk_transform', 'deterministic')  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(
@@ -434,7 +400,7 @@ class LlamaModel(nn.Module):
 
         # Rematerialisation only in calls without a cache (training, scoring).
         policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(LlamaLayer, policy, static_argnums=(3, 6))
+        layer_cls = remat_layer(LlamaLayer, policy)
         new_layers = []
         for i in range(cfg.num_hidden_layers):
             x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
@@ -455,29 +421,3 @@ class LlamaModel(nn.Module):
         if self.with_lm_head:
             out["logits"] = lm_logits(x, embed, cfg, init, **kw)
         return out
-
-
-def lm_logits(
-    x: Array,  # B T D
-    embed: nn.Embed,
-    cfg: Any,
-    init: layers.Initializer,
-    *,
-    dtype: Any,
-    param_dtype: Any,
-) -> Array:  # B T V float32
-    """Tied (`embed.attend`) or untied (`lm_head`, no bias) LM head, in float32."""
-    if cfg.tie_word_embeddings:
-        logits = embed.attend(x)
-    else:
-        logits = layers.DenseGeneral(
-            features=cfg.vocab_size,
-            kernel_axes=(axes.EMBED, axes.VOCAB),
-            use_bias=False,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_init=init,
-            name="lm_head",
-        )(x)
-    logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
-    return logits.astype(jnp.float32)

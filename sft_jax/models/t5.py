@@ -92,9 +92,15 @@ import numpy as np
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import canonical_dtype, check_remat_policy, remat_layer
-from sft_jax.models.hf_fields import check_model_type_and_fields
-from sft_jax.models.llama import decoder_inputs, hf_token_ids, token_ids_to_hf
+from sft_jax.models.common import (
+    canonical_dtype,
+    check_model_type_and_fields,
+    check_remat_policy,
+    hf_token_ids,
+    remat_layer,
+    token_ids_to_hf,
+)
+from sft_jax.models.decoder import decoder_inputs
 
 Array = jax.Array
 
@@ -129,7 +135,7 @@ class T5Config:
     `tie_word_embeddings`: True = v1.0's LM head (the shared table, decoder output scaled
     by d_model**-0.5), False = a separate `lm_head` without scaling (v1.1, Flan-T5, mT5).
     `decoder_start_token_id` defaults to `pad_token_id`, as T5 uses it.
-    `remat_policy` is ours ('none', 'full', 'dots'; `bert.remat_layer`; calls without a
+    `remat_policy` is ours ('none', 'full', 'dots'; `common.remat_layer`; calls without a
     cache).
     """
 
@@ -420,6 +426,7 @@ class T5Layer(nn.Module):
     cross-attention, MLP), each `x += drop(f(norm(x)))`. Called positionally (remat)."""
 
     config: T5Config
+    static_args = ('deterministic',)  # non-array call arguments (remat)
     is_decoder: bool
 
     @nn.compact
@@ -489,7 +496,7 @@ class T5Stack(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         num_layers = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         policy = cfg.remat_policy if cache_layers is None else "none"
-        layer_cls = remat_layer(T5Layer, policy, static_argnums=(6,))
+        layer_cls = remat_layer(T5Layer, policy)
         caches = [None] * num_layers if cache_layers is None else cache_layers
         new_layers = []
         for i in range(num_layers):

@@ -1,0 +1,96 @@
+"""Pieces every model family uses: config checks, dtypes, token-id fields, remat.
+
+Rematerialisation (`remat_policy`, every family through `remat_layer`): 'none' keeps every
+layer activation for the backward pass; 'full' wraps each layer in `nn.remat` and
+recomputes all of it; 'dots' (`jax.checkpoint_policies.dots_with_no_batch_dims_saveable`)
+keeps the projection/MLP matmul outputs and recomputes the rest (norms, activations,
+attention). The parameter tree does not change.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sft_jax.errors import UserInputError
+
+
+def check_model_type_and_fields(
+    hf: Mapping[str, Any],
+    *,
+    default: str,
+    supported: Sequence[str],
+    family: str,
+    required: Sequence[str],
+    where: str,
+) -> str:
+    """The config's `model_type` (`default` when absent), after checking that it is one of
+    `supported` and that no `required` field is missing or null."""
+    model_type = hf.get("model_type", default)
+    if model_type not in supported:
+        raise UserInputError(
+            f"{where}: model_type {model_type!r} is not {family} "
+            f"(supported: {', '.join(supported)})"
+        )
+    missing = [k for k in required if hf.get(k) is None]
+    if missing:
+        raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
+    return model_type
+
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def check_remat_policy(policy: str) -> None:
+    if policy not in REMAT_POLICIES:
+        raise UserInputError(
+            f"model.remat: unknown policy {policy!r} ({', '.join(REMAT_POLICIES)})"
+        )
+
+
+def remat_layer(layer_cls: type[nn.Module], policy: str):
+    """`layer_cls`, or it wrapped in `nn.remat` with `policy` (see the module docstring).
+
+    The layer names its non-array `__call__` arguments (Python bools, functions, None
+    defaults) in a class attribute `static_args`; their positions (self = 0) are derived
+    from the signature, so the wrapped layer must be called positionally.
+    """
+    check_remat_policy(policy)
+    if policy == "none":
+        return layer_cls
+    params = list(inspect.signature(layer_cls.__call__).parameters)
+    static = getattr(layer_cls, "static_args", ())
+    unknown = [name for name in static if name not in params]
+    if unknown:
+        raise TypeError(f"{layer_cls.__name__}.static_args: no argument(s) {unknown}")
+    static_argnums = tuple(params.index(name) for name in static)
+    saveable = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+    return nn.remat(layer_cls, policy=saveable[policy], static_argnums=static_argnums)
+
+
+def canonical_dtype(name: Any, *, where: str = "dtype") -> str:
+    """'bf16' / jnp.bfloat16 / 'bfloat16' -> 'bfloat16'; rejects non-float dtypes."""
+    aliases = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "fp16": "float16"}
+    name = aliases.get(name, name) if isinstance(name, str) else name
+    try:
+        dtype = jnp.dtype(name)
+    except TypeError as err:
+        raise UserInputError(f"{where}: unknown dtype {name!r}") from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise UserInputError(f"{where}: dtype {dtype.name!r} is not a floating-point dtype")
+    return dtype.name
+
+
+def hf_token_ids(value: Any) -> int | tuple[int, ...] | None:
+    """A config's bos/eos id(s), hashable (a list becomes a tuple)."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def token_ids_to_hf(value: Any) -> Any:
+    """Inverse of `hf_token_ids` (a tuple goes back to a JSON list)."""
+    return list(value) if isinstance(value, tuple) else value
