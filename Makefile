@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= workdirs/demo
 
-.PHONY: demo demo-baseline test test-all lint clean
+.PHONY: demo demo-baseline test lint clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,6 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -m "not slow"
-
-test-all: lint
 	$(PY) -m pytest
 
 clean:
