@@ -34,7 +34,7 @@ def _median(xs: list[float]) -> float:
 
 class JaxSide:
     """Our product: registry models, `optim.make_optimizer`, `state.create_train_state`,
-    `steps.make_train_step` + `steps.compile_train_step`, `decoding.generate`."""
+    `steps.make_train_step` + `steps.compile_train_step`, `generation.generate`."""
 
     def __init__(self) -> None:
         import jax
@@ -166,16 +166,16 @@ class JaxSide:
 
     def decode_run(self, batch: int, prompt_len: int, new_tokens: int, repeats: int,
                    seed: int = 2) -> dict:
-        from sft_jax import decoding
+        from sft_jax import generation
 
         dec, params = self.run["decoder"], self.run["params"]
         prompts = bench_data.prompts(self.run["vocab"], batch, prompt_len, seed)
 
         def once():
             t = time.perf_counter()
-            out = decoding.generate(dec.step, params, dec.init_cache, prompts,
-                                    max_new_tokens=new_tokens, pad_id=bm.PAD_ID,
-                                    batch_size=batch)
+            out = generation.generate(dec.step, params, dec.init_cache, prompts,
+                                      max_new_tokens=new_tokens, pad_id=bm.PAD_ID,
+                                      batch_size=batch)
             return time.perf_counter() - t, out
 
         first, out = once()

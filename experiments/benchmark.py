@@ -23,7 +23,7 @@ What runs (each suite's sizes, step counts and batches are in `SUITES`):
    |loss_ours - loss_torch| / |loss_torch| at every step must stay below 1e-4.
 4. packing: effective (non-padding) tokens/s of packed rows vs padded batches
    (`bench_data.py`).
-5. decode: greedy `decoding.generate` (KV cache) vs transformers `generate` on the same
+5. decode: greedy `generation.generate` (KV cache) vs transformers `generate` on the same
    weights, batch 1 and 8, exactly `new_tokens` new tokens per row (no stop token).
 6. scaling (ours only): step time vs sequence length and depth, with remat off/on, and
    XLA's peak memory (arguments + outputs + temporaries − donated) vs batch size.

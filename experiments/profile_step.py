@@ -13,7 +13,7 @@ input count and their consumer. XLA:CPU runs independent ops on several threads 
 so op times can add up to more than the step time. With `--out` the trace
 (`*.trace.json.gz`, for Perfetto) and the compiled HLO text stay in that directory.
 
-`--decode BATCH` profiles greedy `decoding.generate` instead (the cpu suite's decode
+`--decode BATCH` profiles greedy `generation.generate` instead (the cpu suite's decode
 model, prompt length and new tokens), per decoding step (one new token for every row).
 """
 
@@ -119,7 +119,7 @@ def profile(family: str, batch: int, seq: int, steps: int, warmup: int, top: int
 
 
 def profile_decode(batch: int, top: int, out: Path) -> str:
-    """Greedy `decoding.generate` of the cpu suite's decode model, prompts and length."""
+    """Greedy `generation.generate` of the cpu suite's decode model, prompts and length."""
     import jax
 
     from experiments.bench_worker import JaxSide

@@ -7,6 +7,7 @@
 `--model` is a Hugging Face directory (e.g. a run's `export/`) or an asset name. JSONL
 records are `{"prompt": str}` or `{"messages": [{"role", "content"}, ...]}`; each output
 line is the record plus `"response"`. Bad input exits with status 2 and one line.
+The generation itself is `sft_jax.generation.ChatModel`.
 """
 
 from __future__ import annotations
@@ -15,77 +16,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jax
-
-from sft_jax import decoding
 from sft_jax.errors import UserInputError
-from sft_jax.models import registry
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 8
-    stop_tokens: tuple[str, ...] = ()  # besides the tokenizer's EOS, e.g. "<|im_end|>"
-
-
-class ChatModel:
-    """A decoder LM + its tokenizer's chat template -> replies, with the KV-cache decoder."""
-
-    def __init__(self, module, module_config, params, tokenizer, chat_template: str | None = None):
-        self.module, self.config, self.params = module, module_config, params
-        self.tokenizer, self.template = tokenizer, chat_template
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
-
-    def step(self, params, input_ids, positions, segment_ids, cache):
-        out = self.module.apply({"params": params}, input_ids, positions=positions,
-                                segment_ids=segment_ids, cache=cache)
-        return out["logits"], out["cache"]
-
-    def init_cache(self, batch: int, max_length: int):
-        return registry.init_cache(self.config, batch, max_length)
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation rendered up to and including the assistant's turn header."""
-        if self.template is None and not getattr(self.tokenizer, "chat_template", None):
-            text = "\n".join(m["content"] for m in messages)
-            return list(self.tokenizer(text)["input_ids"])
-        return list(self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, add_generation_prompt=True, tokenize=True,
-            return_dict=False))
-
-    def respond(self, conversations: Sequence[list[dict]], sampling: Sampling,
-                params: Any = None) -> list[str]:
-        stops = set(self.tokenizer.convert_tokens_to_ids(list(sampling.stop_tokens)))
-        stops |= {self.tokenizer.eos_token_id}
-        stops -= {None, self.tokenizer.unk_token_id}
-        generated = decoding.generate(
-            self.step, self.params if params is None else params, self.init_cache,
-            [self.prompt_ids(m) for m in conversations],
-            max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-            top_k=sampling.top_k, top_p=sampling.top_p, stop_token_ids=sorted(stops),
-            pad_id=self.pad_id, rng=jax.random.key(sampling.seed),
-            batch_size=min(sampling.batch_size, max(len(conversations), 1)),
-        )
-        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
-
-
-def load_chat_model(path_or_asset: str, chat_template: str | None = None) -> ChatModel:
-    from sft_jax.pretrained import load_pretrained
-
-    model = load_pretrained(path_or_asset)
-    if registry.family_of(model.config).kind != "decoder":
-        raise UserInputError(f"--model: {path_or_asset} is not a decoder-only model")
-    return ChatModel(model.module, model.config, model.params, model.tokenizer, chat_template)
+from sft_jax.generation import ChatModel, Sampling, load_chat_model
 
 
 def _conversation(record: dict, where: str) -> list[dict]:
@@ -142,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop_token", action="append", default=["<|im_end|>"],
                         help="extra stop token (repeatable)")
     args = parser.parse_args(argv)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                        args.seed, args.batch_size, tuple(args.stop_token))
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed,
+                        batch_size=args.batch_size, stop_tokens=tuple(args.stop_token))
     try:
         model = load_chat_model(args.model, args.chat_template)
         if args.chat:

@@ -1,4 +1,4 @@
-"""Beam search (`sft_jax.decoding.generate(num_beams=...)`) on a tiny random Llama equals
+"""Beam search (`sft_jax.generation.generate(num_beams=...)`) on a tiny random Llama equals
 `LlamaForCausalLM.generate` token for token: left-padded prompts of different lengths,
 length penalties of both signs, early_stopping True / False / "never", one or two stop
 tokens, several returned hypotheses, and any batching."""
@@ -13,7 +13,7 @@ import torch
 import transformers
 from conftest import LLAMA
 
-from sft_jax import decoding
+from sft_jax import generation
 from sft_jax.errors import UserInputError
 from sft_jax.hf import llama as hf_llama
 from sft_jax.models import llama
@@ -73,8 +73,8 @@ def hf_generate(model, prompts, eos, **settings):
 
 def ours(models, prompts, eos, **settings):
     _, step, init_cache, params = models
-    return decoding.generate(step, params, init_cache, prompts, max_new_tokens=N_NEW,
-                             pad_id=PAD, stop_token_ids=eos, **settings)
+    return generation.generate(step, params, init_cache, prompts, max_new_tokens=N_NEW,
+                               pad_id=PAD, stop_token_ids=eos, **settings)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`sft_jax.decoding.generate` on a tiny pure-JAX LM that follows the step_fn/cache contract.
+"""`sft_jax.generation.generate` on a tiny pure-JAX LM that follows the step_fn/cache contract.
 
 The toy LM (embeddings + learned positions + one causal attention layer + output
 projection) has a cached `toy_step` and an independent, uncached `toy_full_logits`; greedy
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sft_jax import decoding
+from sft_jax import generation
 from sft_jax.errors import UserInputError
 
 V, D, MAX_POS = 24, 16, 96
@@ -87,7 +87,7 @@ def reference_greedy(params, prompt, max_new_tokens, stops=()):
     return out
 
 
-filter_jit = jax.jit(decoding.filter_logits, static_argnums=1)
+filter_jit = jax.jit(generation.filter_logits, static_argnums=1)
 
 PROMPTS = [[5, 9, 3], [7, 1, 2, 8, 11, 4, 6], [13], [3, 3, 17, 2, 9, 21, 5, 6, 7, 1, 12, 15],
            [20, 2, 19, 4, 8]]
@@ -106,7 +106,7 @@ def greedy_ref(params):
 
 def gen(params, prompts, **kw):
     kw.setdefault("max_new_tokens", N_NEW)
-    return decoding.generate(toy_step, params, init_cache, prompts, pad_id=PAD, **kw)
+    return generation.generate(toy_step, params, init_cache, prompts, pad_id=PAD, **kw)
 
 
 def test_greedy_with_cache_equals_uncached_argmax(params, greedy_ref):
@@ -173,7 +173,7 @@ def test_filter_logits_matches_hugging_face_warpers():
             scores = TopKLogitsWarper(top_k)(None, scores)
         if top_p < 1.0:
             scores = TopPLogitsWarper(top_p)(None, scores)
-        ours = filter_jit(jnp.asarray(logits), decoding.Sampling(temperature, top_k, top_p))
+        ours = filter_jit(jnp.asarray(logits), generation.Sampling(temperature, top_k, top_p))
         np.testing.assert_array_equal(np.isfinite(np.asarray(ours)), np.isfinite(scores.numpy()))
         kept = np.isfinite(scores.numpy())
         np.testing.assert_allclose(np.asarray(ours)[kept], scores.numpy()[kept], rtol=1e-6)
@@ -182,7 +182,7 @@ def test_filter_logits_matches_hugging_face_warpers():
 def test_top_p_keeps_the_smallest_set_reaching_p():
     probs = np.array([[0.15, 0.5, 0.05, 0.3]])
     for p, expect in [(0.5, {1}), (0.8, {1, 3}), (0.81, {0, 1, 3})]:
-        out = filter_jit(jnp.log(jnp.asarray(probs)), decoding.Sampling(1.0, 0, p))
+        out = filter_jit(jnp.log(jnp.asarray(probs)), generation.Sampling(1.0, 0, p))
         assert set(np.flatnonzero(np.isfinite(np.asarray(out[0])))) == expect, p
 
 

@@ -63,7 +63,7 @@ def test_greedy_generation_equals_transformers_generate(tiny_chat_model):
     import torch
     import transformers
 
-    from sft_jax.predict import Sampling, load_chat_model
+    from sft_jax.generation import Sampling, load_chat_model
 
     model = load_chat_model(str(tiny_chat_model))
     conversations = [[{"role": "user", "content": "hi"}],

@@ -1,5 +1,5 @@
-"""Encoder-decoder generation (`sft_jax.seq2seq_decoding.generate_ids`, i.e.
-`decoding.generate_seq2seq` over a family module) equals Hugging Face's `generate` of
+"""Encoder-decoder generation (`sft_jax.generation.generate_ids`, i.e.
+`generation.generate_seq2seq` over a family module) equals Hugging Face's `generate` of
 `T5ForConditionalGeneration`, `BartForConditionalGeneration` and `MarianMTModel` token for
 token: tiny random models with the same weights, right-padded sources of different
 lengths, greedy and beam search (length penalties, early_stopping True / False /
@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from sft_jax import seq2seq_decoding
+from sft_jax import generation
 from sft_jax.errors import UserInputError
 from sft_jax.hf import bart as hf_bart
 from sft_jax.hf import t5 as hf_t5
@@ -95,8 +95,8 @@ def hf_generate(name, sources, stops, **settings):
 
 def ours(name, sources, **settings):
     _, module, config, params = family(name)
-    return seq2seq_decoding.generate_ids(module, config, params, sources,
-                                         max_new_tokens=N_NEW, **settings)
+    return generation.generate_ids(module, config, params, sources,
+                                   max_new_tokens=N_NEW, **settings)
 
 
 SETTINGS = [  # num_beams, length_penalty, early_stopping, num_return_sequences
@@ -159,4 +159,4 @@ def test_bad_inputs_are_user_errors():
     with pytest.raises(UserInputError, match="source 1 is empty"):
         ours("t5", [[3], []])
     with pytest.raises(UserInputError, match="max_new_tokens"):
-        seq2seq_decoding.generate_ids(*family("t5")[1:], [[3]], max_new_tokens=0)
+        generation.generate_ids(*family("t5")[1:], [[3]], max_new_tokens=0)

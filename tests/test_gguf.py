@@ -110,7 +110,7 @@ def test_greedy_answer_is_paris_in_both(torch_models, tokenizers):
 def test_our_flax_model_matches_transformers_gguf_model(smol_dir, torch_models, tokenizers):
     """The GGUF-loaded SmolLM2 in our flax Llama: same logits as transformers' own GGUF
     PyTorch model (1e-3) and the same greedy tokens through our KV-cache decoder."""
-    from sft_jax.predict import Sampling, load_chat_model
+    from sft_jax.generation import Sampling, load_chat_model
 
     ref = torch_models[1]
     chat = load_chat_model(str(smol_dir))

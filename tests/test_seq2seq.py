@@ -228,3 +228,17 @@ def test_unknown_source_field_names_the_record(tmp_path, corpus):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {corpus / 'train.jsonl'}:1: missing field 'english' "
                            "(data.source_field"), line
+
+
+def test_seq2seq_picks_the_task_by_the_model(t5_task, corpus, tiny_bert_dir, tmp_path):
+    """From scratch: the encoder-decoder task; an encoder checkpoint: one clear error."""
+    from sft_jax import tasks
+    from sft_jax.errors import UserInputError
+    from sft_jax.tasks.encdec import EncDecTask
+
+    assert isinstance(t5_task, EncDecTask)
+    config = apply_overrides(load_config("translation", "runlocal"), {
+        "data.train": str(corpus / "train.jsonl"), "data.validation": "", "data.test": "",
+        "model.checkpoint": str(tiny_bert_dir)})
+    with pytest.raises(UserInputError, match="is an encoder; seq2seq needs an encoder-decoder"):
+        tasks.get_task(config, tmp_path)

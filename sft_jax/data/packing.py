@@ -166,6 +166,19 @@ def pack_examples(
     return out
 
 
+class LazyMap(Sequence):
+    """`fn(items[i])` computed on access: each process builds only the rows it reads."""
+
+    def __init__(self, items: Sequence, fn):
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.fn(self.items[i])
+
+
 def as_rows(batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The rows of a batch as a list of per-row dicts (features for `TrainIterator`)."""
     n = len(next(iter(batch.values())))

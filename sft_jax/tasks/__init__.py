@@ -2,7 +2,9 @@
 
 A task turns records into features, owns the loss, the per-row eval outputs, the metrics,
 the predictions file and the export. The train loop (`sft_jax.train`) only calls this
-interface, so it never branches on a task or a model name.
+interface, so it never branches on a task or a model name. What tasks share lives once
+in `tasks.base` (whose docstring says how to add a task); "seq2seq" resolves to
+`tasks.encdec` or `tasks.prompted` by the model (`tasks.seq2seq.seq2seq_task`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from flax import linen as nn
 
 from sft_jax.errors import UserInputError
 
-# Name -> "module:Class", resolved late so that importing one task never imports another.
+# Name -> "module:callable" taking (config, workdir), resolved late so that importing one
+# task never imports another.
 TASKS = {
     "classification": "sft_jax.tasks.classification:ClassificationTask",
     "dialogue": "sft_jax.tasks.dialogue:DialogueTask",
-    "seq2seq": "sft_jax.tasks.seq2seq:Seq2SeqTask",
+    "seq2seq": "sft_jax.tasks.seq2seq:seq2seq_task",
 }
 
 

@@ -9,7 +9,7 @@ Loss: cross-entropy summed over real rows; weight = number of real rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,50 +20,20 @@ import numpy as np
 import optax
 
 from sft_jax import metrics as metrics_lib
-from sft_jax.data import sources
+from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
-from sft_jax.hf import export as hf_export
-from sft_jax.models import registry
-from sft_jax.pretrained import load_tokenizer, pretrained_params, resolve_model_dir
+from sft_jax.tasks.base import TaskBase
 
 
-class LazyMap(Sequence):
-    """`fn(items[i])` computed on access: each process builds only the features it reads."""
-
-    def __init__(self, items: Sequence, fn):
-        self.items, self.fn = items, fn
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.fn(self.items[i])
-
-
-class ClassificationTask:
+class ClassificationTask(TaskBase):
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
-        self.config = config
+        super().__init__(config, workdir)
         data = config.data
-        try:
-            self.model_dir = resolve_model_dir(config.model.checkpoint)
-        except UserInputError as err:
-            raise UserInputError(f"model.checkpoint: {err}") from None
-        self.tokenizer = load_tokenizer(self.model_dir)
+        self.use_checkpoint()
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
+        self.read_records(self._check_fields)
 
-        self.records: dict[str, list[dict]] = {}
-        for split in ("train", "validation", "test"):
-            spec = data[split]
-            if not spec:
-                continue
-            limit = data.limit_train if split == "train" else data.limit_eval
-            records = sources.read_records(spec, config_key=f"data.{split}",
-                                           data_dir=data.tfds_data_dir or None)
-            self.records[split] = records[:limit] if limit > 0 else records
-        for split, records in self.records.items():
-            self._check_fields(split, records)
-
-        self.label_names = self._label_vocabulary(Path(workdir))
+        self.label_names = self._label_vocabulary(self.workdir)
         self.label_ids = {name: i for i, name in enumerate(self.label_names)}
         for records in self.records.values():
             for r in records:
@@ -74,41 +44,29 @@ class ClassificationTask:
                     )
 
         model = config.model
-        self.module, self.module_config = registry.build_model(
-            self._hf_config(),
-            num_labels=len(self.label_names),
-            pooling=model.pooling or None,
-            classifier_dropout=model.classifier_dropout if model.classifier_dropout >= 0
-            else None,
-            dtype=model.dtype,
-            remat=model.remat,
-            where=f"{self.model_dir}/config.json",
-        )
+        self.head = {"num_labels": len(self.label_names), "pooling": model.pooling or None}
+        self.build(f"{self.model_dir}/config.json", **self.head,
+                   classifier_dropout=model.classifier_dropout
+                   if model.classifier_dropout >= 0 else None)
         self.pad_values = {
             "input_ids": int(self.tokenizer.pad_token_id or 0),
             "token_type_ids": 0,
             "attention_mask": 0,
         }
+        self._train_rows = LazyMap(self.records["train"], self._features) \
+            if "train" in self.records else None
+        self._eval_rows = {split: LazyMap(records, self._features)
+                           for split, records in self.records.items() if split != "train"}
 
     # Set-up ------------------------------------------------------------------------------
 
-    def _hf_config(self) -> dict:
-        from sft_jax.hf.checkpoint_dir import read_config
-
-        hf_config = dict(read_config(self.model_dir))
-        if self.config.model.dropout >= 0:
-            hf_config = registry.with_dropout(hf_config, self.config.model.dropout,
-                                              where=f"{self.model_dir}/config.json")
-        return hf_config
-
-    def _check_fields(self, split: str, records: Sequence[dict]) -> None:
+    def _check_fields(self, record: dict) -> None:
         keys = [(f, f"data.{'text_field' if i == 0 else 'text_pair_field'}")
                 for i, f in enumerate(self.fields)]
         keys.append((self.config.data.label_field, "data.label_field"))
-        for r in records:
-            for field, key in keys:
-                if field not in r or r[field] is None:
-                    raise UserInputError(f"{r['_where']}: missing field {field!r} ({key})")
+        for field, key in keys:
+            if field not in record or record[field] is None:
+                raise UserInputError(f"{record['_where']}: missing field {field!r} ({key})")
 
     def _label_key(self, record: dict) -> str:
         return str(record[self.config.data.label_field])
@@ -159,25 +117,10 @@ class ClassificationTask:
         ids = np.zeros((1, 8), np.int32)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": ids}
 
-    def pretrained_params(self) -> Mapping | None:
-        return pretrained_params(self.model_dir, self.module_config, with_head=True,
-                                 num_labels=len(self.label_names),
-                                 pooling=self.config.model.pooling or None,
-                                 hf_config=self._hf_config())
-
-    def train_features(self) -> Sequence[dict] | None:
-        if "train" not in self.records:
-            return None
-        return LazyMap(self.records["train"], self._features)
-
     def train_lengths(self) -> Sequence[int] | None:
         if "train" not in self.records:
             return None
         return [sum(len(str(r[f])) for f in self.fields) for r in self.records["train"]]
-
-    def eval_features(self) -> dict[str, Sequence[dict]]:
-        return {split: LazyMap(records, self._features)
-                for split, records in self.records.items() if split != "train"}
 
     def _logits(self, params, batch: dict, rng, deterministic: bool) -> jax.Array:
         out = self.module.apply(
@@ -241,13 +184,4 @@ class ClassificationTask:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def export(self, out_dir: Path, params) -> None:
-        hf_export.export_pretrained(
-            out_dir,
-            module_config=self.module_config,
-            params=params,
-            tokenizer=self.tokenizer,
-            num_labels=len(self.label_names),
-            id2label=dict(enumerate(self.label_names)),
-            pooling=self.config.model.pooling or None,
-            hf_config=self._hf_config(),
-        )
+        super().export(out_dir, params, id2label=dict(enumerate(self.label_names)))

@@ -15,7 +15,7 @@ An encoder-decoder adds a third function, run once per batch before the decoder:
     encode_fn(params, source_ids [B,S'], source_segment_ids [B,S']) -> {name: [B, ...]}
 whose entries (e.g. the encoder output and its segment ids) are added to the cache, so
 that `step_fn` finds them there (and returns them unchanged) and beam search reorders them
-with the rest; `sft_jax.seq2seq_decoding` builds the three functions for a model family.
+with the rest; `sft_jax.generation.encdec` builds the three functions for a model family.
 
 `generate` left-pads a batch of prompts to a bucket length P (pad slots: segment 0,
 position 0; real tokens: segment 1, positions 0..len-1, so every row's last prompt token
@@ -34,14 +34,13 @@ length and cut into batches of `batch_size` (the last one completed with finishe
 rows), and buckets are powers of two ≥ 16, so a run compiles a few programs.
 
 Sampling follows Hugging Face's order: forced tokens (seq2seq `forced_bos_token_id` at
-the first step, `forced_eos_token_id` at step max_new_tokens), then logits / temperature,
-top-k (keep the logits ≥ the k-th largest), top-p (keep the smallest set of most probable
-tokens whose probability sums to ≥ p; always the most probable one). `temperature=0` is
-greedy (argmax). Each input draws from its own key, `fold_in(fold_in(rng, input index),
-step)`, so a sample depends on rng and the input's index, not on the batching.
+the first step, `forced_eos_token_id` at step max_new_tokens), then the filters of
+`generation.sampling` (temperature, top-k, top-p; `temperature=0` is greedy). Each input
+draws from its own key, `fold_in(fold_in(rng, input index), step)`, so a sample depends
+on rng and the input's index, not on the batching.
 
 Beam search (`num_beams > 1`, deterministic) follows transformers 5's `_beam_search`
-(see `sft_jax.beam_search`): `length_penalty` divides a hypothesis' summed log-probs by
+(see `generation.beam_search`): `length_penalty` divides a hypothesis' summed log-probs by
 (number of generated tokens, stop token included; neither the prompt nor the decoder
 start token) ** length_penalty; `early_stopping` True / False / "never" as in Hugging
 Face. The prefill runs once per input; its cache is copied to the input's num_beams rows,
@@ -60,78 +59,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sft_jax import beam_search
-from sft_jax.beam_search import Beam
 from sft_jax.errors import UserInputError
+from sft_jax.generation import beam_search
+from sft_jax.generation.beam_search import Beam
+from sft_jax.generation.sampling import Forced, Sampling, force_tokens, sample_tokens
 
 StepFn = Callable[..., tuple[jax.Array, Any]]
 InitCacheFn = Callable[[int, int], Any]
 EncodeFn = Callable[..., dict[str, Any]]
 
+
+class Encoder(NamedTuple):
+    """The encoder side of an encoder-decoder run: `encode_fn` (hashable, stable), the
+    token-id sources (one per prompt), and the forced tokens."""
+
+    encode_fn: EncodeFn
+    sources: Sequence[Sequence[int]]
+    forced: Forced = Forced()
+
 MIN_PROMPT_BUCKET = 16
-
-
-class Sampling(NamedTuple):
-    """Static sampling settings (part of the jit cache key)."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
 
 
 def prompt_bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
     """The padded prompt length: the smallest power of two ≥ max(length, minimum)."""
     return 1 << max(0, (max(length, minimum) - 1).bit_length())
-
-
-def filter_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
-    """[..., V] float32 logits / temperature, with what top-k/top-p exclude set to -inf."""
-    logits = logits.astype(jnp.float32)
-    if sampling.temperature > 0:
-        logits = logits / sampling.temperature
-    vocab = logits.shape[-1]
-    if 0 < sampling.top_k < vocab:
-        kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if sampling.top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)  # most probable first
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more probable tokens
-        keep_sorted = (before < sampling.top_p).at[..., 0].set(True)
-        keep = jnp.put_along_axis(jnp.zeros_like(keep_sorted), order, keep_sorted, axis=-1,
-                                  inplace=False)
-        logits = jnp.where(keep, logits, -jnp.inf)
-    return logits
-
-
-def sample_tokens(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
-    """One token per row from logits [B, V], row b drawing with keys[b]; int32 [B]."""
-    if sampling.temperature <= 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    filtered = filter_logits(logits, sampling)
-    return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
-
-
-
-class Forced(NamedTuple):
-    """Static forced tokens: `bos` (-1: none) at the first step, one of `eos` at the last."""
-
-    bos: int = -1
-    eos: tuple[int, ...] = ()
-
-
-def force_tokens(scores: jax.Array, step: jax.Array, forced: Forced,
-                 max_new_tokens: int) -> jax.Array:
-    """scores [R, V] with everything but the forced tokens of this step set to -inf and the
-    forced tokens to 0 (Hugging Face's ForcedBOS/ForcedEOS logits processors)."""
-    vocab = jnp.arange(scores.shape[-1])
-    for tokens, at in (((forced.bos,) if forced.bos >= 0 else (), 0),
-                       (forced.eos, max_new_tokens - 1)):
-        if tokens:
-            only = jnp.where(jnp.isin(vocab, jnp.asarray(tokens)), 0.0, -jnp.inf)
-            scores = jnp.where(step == at, only.astype(scores.dtype), scores)
-    return scores
 
 
 def take_rows(cache: Any, rows: jax.Array) -> Any:
@@ -338,6 +289,7 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
+    encoder: Encoder | None = None,
 ) -> list[list[int]]:
     """The continuation of each prompt (token ids), ending with the stop token if one came.
 
@@ -348,15 +300,18 @@ def generate(
     at once) is the number of inputs per generation call (each takes num_beams rows).
     `step_fn`, `init_cache_fn` must be hashable and stable across calls (module-level
     functions or long-lived partials) for their compiled programs to be reused.
+    `encoder` (see `generate_seq2seq`) makes it an encoder-decoder run.
     """
     sampling, beam, scoring, rng, stops = _settings(
         max_new_tokens, temperature, top_k, top_p, rng, num_beams, length_penalty,
         early_stopping, num_return_sequences, stop_token_ids)
-    run = _generate_fn(step_fn, init_cache_fn, None, int(max_new_tokens), sampling, beam,
-                       Forced(), int(pad_id))
-    return _run_batches(run, params, prompts, None, batch_size=batch_size,
-                        prompt_minimum=MIN_PROMPT_BUCKET, pad_id=int(pad_id), rng=rng,
-                        stops=stops, scoring=scoring, num_return_sequences=num_return_sequences)
+    encode_fn, sources, forced = encoder if encoder is not None else (None, None, Forced())
+    run = _generate_fn(step_fn, init_cache_fn, encode_fn, int(max_new_tokens), sampling, beam,
+                       forced, int(pad_id))
+    return _run_batches(run, params, prompts, sources, batch_size=batch_size,
+                        prompt_minimum=MIN_PROMPT_BUCKET if encoder is None else 1,
+                        pad_id=int(pad_id), rng=rng, stops=stops, scoring=scoring,
+                        num_return_sequences=num_return_sequences)
 
 
 def generate_seq2seq(
@@ -367,36 +322,20 @@ def generate_seq2seq(
     sources: Sequence[Sequence[int]],
     *,
     decoder_start_token_id: int,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    stop_token_ids: Sequence[int] = (),
-    pad_id: int,
-    rng: jax.Array | None = None,
-    batch_size: int | None = None,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    num_return_sequences: int = 1,
     forced_bos_token_id: int | None = None,
     forced_eos_token_id: int | Sequence[int] | None = None,
+    **settings: Any,
 ) -> list[list[int]]:
     """The generated target of each source (token ids, without the start token), ending
-    with the stop token if one came; settings as in `generate`. `forced_bos_token_id` is
-    the first token, `forced_eos_token_id` (one id or several) the token at step
-    max_new_tokens (when a hypothesis gets there), as Hugging Face forces them.
-    `encode_fn` must be hashable and stable, like `step_fn`."""
-    sampling, beam, scoring, rng, stops = _settings(
-        max_new_tokens, temperature, top_k, top_p, rng, num_beams, length_penalty,
-        early_stopping, num_return_sequences, stop_token_ids)
+    with the stop token if one came; `settings` are `generate`'s keywords (max_new_tokens,
+    pad_id, sampling, beams, ...). `forced_bos_token_id` is the first token,
+    `forced_eos_token_id` (one id or several) the token at step max_new_tokens (when a
+    hypothesis gets there), as Hugging Face forces them. `encode_fn` must be hashable and
+    stable, like `step_fn`."""
     if isinstance(forced_eos_token_id, int):
         forced_eos_token_id = [forced_eos_token_id]
     forced = Forced(-1 if forced_bos_token_id is None else int(forced_bos_token_id),
                     tuple(int(t) for t in forced_eos_token_id or ()))
-    run = _generate_fn(step_fn, init_cache_fn, encode_fn, int(max_new_tokens), sampling, beam,
-                       forced, int(pad_id))
     prompts = [[int(decoder_start_token_id)]] * len(sources)
-    return _run_batches(run, params, prompts, sources, batch_size=batch_size,
-                        prompt_minimum=1, pad_id=int(pad_id), rng=rng, stops=stops,
-                        scoring=scoring, num_return_sequences=num_return_sequences)
+    return generate(step_fn, params, init_cache_fn, prompts,
+                    encoder=Encoder(encode_fn, sources, forced), **settings)

@@ -2,8 +2,8 @@
 
 No model here: `search_step` takes the next-token log-probabilities of the running beams
 and returns the new beam state, the running beam each new beam continues (its parent,
-for reordering the KV cache) and the token it feeds next. `sft_jax.decoding` drives it in
-a `lax.while_loop`. Shapes: B inputs, W = num_beams, C = candidates per input, N =
+for reordering the KV cache) and the token it feeds next. `generation.loop` drives it in a
+`lax.while_loop`. Shapes: B inputs, W = num_beams, C = candidates per input, N =
 max_new_tokens, V vocab.
 
 The rules (`GenerationMixin._beam_search` and helpers):

@@ -1,8 +1,8 @@
 """Generation from an encoder-decoder family module (T5, BART, Marian).
 
-`model_fns(module, config)` builds the three functions `sft_jax.decoding.generate_seq2seq`
+`model_fns(module, config)` builds the three functions `generation.loop.generate_seq2seq`
 needs from the module's `encode` / `decode` methods (the contract in `models/t5.py`) and
-the family's module-level `init_cache(config, batch_size, max_length)`:
+the family's KV cache (`models.registry.init_cache(config, batch, max_length)`):
     encode_fn(params, source_ids [B,S'], source_segment_ids [B,S'])
         -> {"encoded": [B,S',D], "encoder_segment_ids": [B,S']}   (added to the cache)
     step_fn(params, input_ids, positions, segment_ids [B,T], cache) -> (logits, cache)
@@ -14,20 +14,18 @@ They are built once per (module, config), so compiled programs are reused.
 (without the decoder start token), with the config's special tokens as defaults: decoder
 start `decoder_start_token_id`, stop tokens `eos_token_id`, padding `pad_token_id`, and,
 as Hugging Face does, `forced_bos_token_id` / `forced_eos_token_id` when the config has them.
-A decoder-only model generates with `sft_jax.decoding.generate`.
+A decoder-only model generates with `generation.loop.generate`.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-
-from sft_jax import decoding
 from sft_jax.errors import UserInputError
+from sft_jax.generation import loop
+from sft_jax.models import registry
 
 ENCODER_ENTRIES = ("encoded", "encoder_segment_ids")
 
@@ -35,8 +33,6 @@ ENCODER_ENTRIES = ("encoded", "encoder_segment_ids")
 @functools.lru_cache(maxsize=16)
 def model_fns(module: Any, config: Any) -> tuple[Callable, Callable, Callable]:
     """(encode_fn, step_fn, init_cache_fn) of an encoder-decoder module (see above)."""
-    family_init_cache = sys.modules[type(module).__module__].init_cache
-
     def encode_fn(params, source_ids, source_segment_ids):
         encoded = module.apply({"params": params}, source_ids,
                                encoder_segment_ids=source_segment_ids, method="encode")
@@ -52,7 +48,7 @@ def model_fns(module: Any, config: Any) -> tuple[Callable, Callable, Callable]:
         return out["logits"], {**out["cache"], **kept}
 
     def init_cache_fn(batch: int, max_length: int):
-        return family_init_cache(config, batch, max_length)
+        return registry.init_cache(config, batch, max_length)
 
     return encode_fn, step_fn, init_cache_fn
 
@@ -72,23 +68,15 @@ def generate_ids(
     params: Any,
     sources: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    num_return_sequences: int = 1,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    rng: jax.Array | None = None,
-    batch_size: int | None = None,
     stop_token_ids: Sequence[int] | None = None,
     decoder_start_token_id: int | None = None,
     pad_id: int | None = None,
+    **settings: Any,
 ) -> list[list[int]]:
-    """The generated token ids of each source (see `decoding.generate_seq2seq` for the
-    settings); `stop_token_ids`, `decoder_start_token_id` and `pad_id` default to the
-    config's eos, decoder start and pad ids."""
+    """The generated token ids of each source; `settings` are `generation.loop.generate`'s
+    keywords (max_new_tokens, sampling, beams, rng, batch_size). `stop_token_ids`,
+    `decoder_start_token_id` and `pad_id` default to the config's eos, decoder start and
+    pad ids."""
     start = config.decoder_start_token_id if decoder_start_token_id is None \
         else decoder_start_token_id
     if start is None:
@@ -98,13 +86,9 @@ def generate_ids(
     if pad_id is None:
         pad_id = config.pad_token_id if config.pad_token_id is not None else (stops or [0])[0]
     encode_fn, step_fn, init_cache_fn = model_fns(module, config)
-    return decoding.generate_seq2seq(
+    return loop.generate_seq2seq(
         encode_fn, step_fn, params, init_cache_fn, sources,
-        decoder_start_token_id=int(start), max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, stop_token_ids=stops,
-        pad_id=int(pad_id), rng=rng, batch_size=batch_size, num_beams=num_beams,
-        length_penalty=length_penalty, early_stopping=early_stopping,
-        num_return_sequences=num_return_sequences,
+        decoder_start_token_id=int(start), stop_token_ids=stops, pad_id=int(pad_id),
         forced_bos_token_id=getattr(config, "forced_bos_token_id", None),
         forced_eos_token_id=_ids(getattr(config, "forced_eos_token_id", None)),
-    )
+        **settings)

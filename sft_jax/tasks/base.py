@@ -1,0 +1,241 @@
+"""What every task shares, each exactly once: records, the model and its errors, the
+dropout override, chat encoding and packing, token-level loss and perplexity evaluation.
+
+`TaskBase(config, workdir)` holds `config`, `workdir`, `records` (split -> records, each
+with its place `_where`), `stats` (logged once) and the rows the train loop reads
+(`_train_rows`, `_eval_rows`). A task calls, in its constructor:
+  read_records(check)       data.train / validation / test, cut to data.limit_train /
+                            data.limit_eval, each record passed to `check`
+  use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
+                            name the config key); `with_dropout` applies model.dropout
+  build(where, **head)      module, module_config from hf_config (`models.registry`)
+  encode_chat(...)          records -> chat examples (`data.chat`), dropping those with no
+                            target token left; `chat_rows` -> packed or padded rows
+and evaluates with `token_outputs` (per row: summed loss and target count) and
+`token_metrics` (loss and `metrics.perplexity` per target token).
+
+How to add a task:
+  1. One module `sft_jax/tasks/<name>.py`: a class taking (config, workdir) that
+     subclasses `TaskBase` and implements the `Task` protocol of `sft_jax.tasks` that the
+     base does not (init_batch, loss_fn, eval_fn, evaluate, write_predictions; the base
+     gives data_stats, train_features, train_lengths, eval_features, pretrained_params,
+     export). Its docstring states the record fields it reads and its batch contract.
+  2. One line in `sft_jax.tasks.TASKS` naming it.
+  3. One config file `configs/<name>.py` (`get_config(arg)`, a `:runlocal` variant);
+     new keys get their defaults next to the code that reads them (`sft_jax.config`).
+  4. A head in `sft_jax/models/heads.py` only if no existing module fits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sft_jax import metrics as metrics_lib
+from sft_jax.data import chat, packing, sources
+from sft_jax.data.packing import LazyMap
+from sft_jax.errors import UserInputError
+from sft_jax.hf import export as hf_export
+from sft_jax.hf.checkpoint_dir import read_config
+from sft_jax.models import registry
+from sft_jax.pretrained import load_tokenizer, pretrained_params, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+def resolve(path_or_asset: str | Path, key: str) -> Path:
+    """The model directory of a config value (`key` names it in errors)."""
+    try:
+        return resolve_model_dir(path_or_asset)
+    except UserInputError as err:
+        raise UserInputError(f"{key}: {err}") from None
+
+
+def tokenizer_from(path_or_asset: str | Path, key: str) -> Any:
+    """The tokenizer of a model directory or asset; an error naming `key` if it has none."""
+    tokenizer = load_tokenizer(resolve(path_or_asset, key))
+    if tokenizer is None:
+        raise UserInputError(f"{key}: {path_or_asset} has no tokenizer files")
+    return tokenizer
+
+
+def checkpoint_kind(config: ml_collections.ConfigDict) -> str | None:
+    """The family kind ('encoder', 'decoder', 'encoder-decoder') of `model.checkpoint`,
+    None when it is not set."""
+    if not config.model.checkpoint:
+        return None
+    model_dir = resolve(config.model.checkpoint, "model.checkpoint")
+    return registry.get_family(read_config(model_dir), where=f"{model_dir}/config.json").kind
+
+
+def token_outputs(losses: jax.Array, weights: jax.Array, batch: dict) -> dict[str, jax.Array]:
+    """Per-row eval outputs from per-token losses and weights [B, L]: "nll" and "tokens"
+    (sums over the row, [B]), with the batch's "index" and "example_mask"."""
+    return {"nll": losses.sum(-1), "tokens": weights.sum(-1), "index": batch["index"],
+            "example_mask": batch["example_mask"]}
+
+
+def token_metrics(outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Loss and perplexity per target token of a split's `token_outputs`, and the count."""
+    tokens = float(outputs["tokens"].sum())
+    nll = float(outputs["nll"].sum())
+    return {"loss": nll / max(tokens, 1.0),
+            "perplexity": metrics_lib.perplexity(nll, max(tokens, 1.0)), "tokens": tokens}
+
+
+def row_loss(outputs: Mapping[str, np.ndarray], i: int) -> dict[str, float]:
+    """Example i's loss per target token and its target count, for predictions files."""
+    tokens = float(outputs["tokens"][i])
+    return {"loss": float(outputs["nll"][i]) / max(tokens, 1.0), "tokens": tokens}
+
+
+class TaskBase:
+    """Shared state and the parts of the `Task` protocol every task does the same way."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.records: dict[str, list[dict]] = {}
+        self.stats: dict[str, Any] = {}
+        self.examples: dict[str, list[dict]] = {}  # split -> chat examples (decoder LMs)
+        self.model_dir: Path | None = None
+        self.head: dict[str, Any] = {}  # build_model's head settings (num_labels, pooling)
+        self._train_rows: Sequence[dict] | None = None
+        self._eval_rows: dict[str, Sequence[dict]] = {}
+
+    # Records -----------------------------------------------------------------------------
+
+    def read_records(self, check: Callable[[dict], None] | None = None) -> None:
+        """`records` of every configured split, cut to the data limits; `check(record)`
+        raises on a bad record."""
+        data = self.config.data
+        for split in SPLITS:
+            if not data[split]:
+                continue
+            limit = data.limit_train if split == "train" else data.limit_eval
+            records = sources.read_records(data[split], config_key=f"data.{split}",
+                                           data_dir=data.tfds_data_dir or None)
+            records = records[:limit] if limit > 0 else records
+            if check is not None:
+                for r in records:
+                    check(r)
+            self.records[split] = records
+
+    # Model -------------------------------------------------------------------------------
+
+    def use_checkpoint(self, tokenizer: str = "") -> None:
+        """model_dir, tokenizer and hf_config (dropout override applied) of
+        `model.checkpoint`; `tokenizer` (`model.tokenizer`) replaces its tokenizer."""
+        self.model_dir = resolve(self.config.model.checkpoint, "model.checkpoint")
+        if tokenizer:
+            self.tokenizer = tokenizer_from(tokenizer, "model.tokenizer")
+        else:
+            self.tokenizer = tokenizer_from(self.model_dir, "model.checkpoint")
+        self.hf_config = self.with_dropout(read_config(self.model_dir),
+                                           f"{self.model_dir}/config.json")
+
+    def with_dropout(self, hf_config: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """`hf_config` with every dropout rate set to `model.dropout` when that is ≥ 0."""
+        if self.config.model.dropout >= 0:
+            return registry.with_dropout(hf_config, self.config.model.dropout, where=where)
+        return dict(hf_config)
+
+    def build(self, where: str, **head: Any) -> str:
+        """module and module_config from hf_config (model.dtype, model.remat, `head`);
+        returns the family's kind."""
+        model = self.config.model
+        self.module, self.module_config = registry.build_model(
+            self.hf_config, dtype=model.dtype, remat=model.remat, where=where, **head)
+        return registry.family_of(self.module_config).kind
+
+    def pretrained_params(self) -> Mapping | None:
+        return pretrained_params(self.model_dir, self.module_config, with_head=bool(self.head),
+                                 hf_config=self.hf_config, **self.head)
+
+    def export(self, out_dir: Path, params, **extra: Any) -> None:
+        hf_export.export_pretrained(out_dir, module_config=self.module_config, params=params,
+                                    tokenizer=self.tokenizer, hf_config=self.hf_config,
+                                    **self.head, **extra)
+
+    # Chat examples (decoder-only LM tasks) -----------------------------------------------
+
+    def encode_chat(self, split: str, records: Sequence[dict], as_chat: Callable[[dict], dict],
+                    *, loss_on: str, empty: str) -> list[int]:
+        """`examples[split]`: `as_chat(record)` encoded by `data.chat` (chat_template, cut to
+        data.max_length); records with no target token left are dropped (counted in
+        stats), `data.<split>: <empty>` if none is left. Returns the kept indices."""
+        data = self.config.data
+        kept, examples = [], []
+        for i, r in enumerate(records):
+            ex = chat.encode_example(as_chat(r), self.tokenizer, chat_template=self.template,
+                                     loss_on=loss_on, max_length=data.max_length)
+            if ex["loss_mask"].any():
+                kept.append(i)
+                examples.append(ex)
+        if not examples:
+            raise UserInputError(f"data.{split}: {empty}")
+        self.stats[f"{split}/examples"] = len(examples)
+        self.stats[f"{split}/dropped"] = len(records) - len(examples)
+        self.examples[split] = examples
+        return kept
+
+    def chat_rows(self) -> None:
+        """Training rows from `examples` (packed into data.max_length with data.packing,
+        else one per row) and one-per-row evaluation rows."""
+        data = self.config.data
+        if "train" in self.examples:
+            if data.packing:
+                batch = packing.pack_examples(self.examples["train"], length=data.max_length,
+                                              pad_id=self.pad_id)
+                self._train_rows = packing.as_rows(batch)
+                self.stats.update({f"train/packed_{k}": v for k, v in
+                                   packing.padding_stats([batch]).items()})
+            else:
+                self._train_rows = LazyMap(self.examples["train"], packing.single_segment)
+        self._eval_rows = {split: LazyMap(ex, packing.single_segment)
+                           for split, ex in self.examples.items() if split != "train"}
+        log.info("Data: %s", self.stats)
+
+    def lm_init_batch(self) -> dict[str, np.ndarray]:
+        ids = np.zeros((1, 8), np.int32)
+        return {"input_ids": ids, "positions": np.arange(8, dtype=np.int32)[None],
+                "segment_ids": np.ones_like(ids)}
+
+    def lm_token_losses(self, params, batch: dict, rng, deterministic: bool,
+                        loss: Callable[[jax.Array, jax.Array], jax.Array]):
+        """(loss(logits, targets) * weights, weights), [B, L] each, of a decoder LM on a
+        `data.packing` batch: next-token targets inside each segment, weighted by the
+        loss mask."""
+        out = self.module.apply(
+            {"params": params}, batch["input_ids"], positions=batch["positions"],
+            segment_ids=batch["segment_ids"], deterministic=deterministic,
+            rngs=None if deterministic else {"dropout": rng})
+        targets, weights = packing.next_token_targets(
+            batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
+        losses = loss(out["logits"].astype(jnp.float32), targets)  # B L
+        return losses * weights, weights
+
+    # Task interface ----------------------------------------------------------------------
+
+    def data_stats(self) -> dict[str, Any]:
+        return dict(self.stats)
+
+    def train_features(self) -> Sequence[dict] | None:
+        return self._train_rows
+
+    def train_lengths(self) -> Sequence[int] | None:
+        if self._train_rows is None or self.config.data.packing:
+            return None  # packed rows all have the same length
+        return [len(ex["input_ids"]) for ex in self.examples["train"]]
+
+    def eval_features(self) -> dict[str, Sequence[dict]]:
+        return dict(self._eval_rows)
