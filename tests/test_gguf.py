@@ -291,7 +291,8 @@ def raises_at(path: Path, message: str):
 
 def test_unsupported_architecture(tiny_llama, tmp_path):
     path = write_gguf(tmp_path / "g.gguf", _tiny_tensors(tiny_llama[1]), arch="gpt2")
-    with raises_at(path, r"GGUF architecture 'gpt2' is not supported \(supported: llama\)$"):
+    with raises_at(path, r"GGUF architecture 'gpt2' is not supported "
+                   r"\(supported: gemma3, llama\)$"):
         gguf_to_hf_dir(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
