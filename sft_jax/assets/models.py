@@ -149,12 +149,12 @@ def build_gemma3(wheels: dict[str, zipfile.ZipFile], out: Path) -> None:
     })
 
 
-def _check_gemma3_gguf(path: Path, digest: str, what: str) -> None:
+def _check_gemma3_gguf(path: Path, digest: str, what: str, hint: str = "") -> None:
     size = path.stat().st_size
     if size != GEMMA3_SIZE or digest != GEMMA3_SHA256:
         raise UserInputError(f"asset gemma3-270m: {what} {path} has {size:,} bytes and "
                              f"sha256 {digest}, expected {GEMMA3_SIZE:,} bytes and sha256 "
-                             f"{GEMMA3_SHA256}")
+                             f"{GEMMA3_SHA256}{hint}")
 
 
 def verify_gemma3(path: Path) -> None:
@@ -166,7 +166,7 @@ def verify_gemma3(path: Path) -> None:
                              "rebuild it")
     with open(gguf_path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _check_gemma3_gguf(gguf_path, digest, "cached")
+    _check_gemma3_gguf(gguf_path, digest, "cached", f"; delete {path} to rebuild it")
     recorded = json.loads((path / "provenance.json").read_text()).get("gguf_sha256")
     if recorded != GEMMA3_SHA256:
         raise UserInputError(f"asset gemma3-270m: {path / 'provenance.json'} records sha256 "
