@@ -20,18 +20,33 @@ from sft_jax.errors import UserInputError
 SPLITS = ("train", "validation", "test")
 
 
-@pytest.fixture(scope="session")
-def rt_dir():
-    return assets.fetch("rotten-tomatoes")
-
-
-@pytest.fixture(scope="session")
-def rt(rt_dir):
+def _read_splits(d):
     out = {}
     for s in SPLITS:
-        with open(rt_dir / f"{s}.jsonl", encoding="utf-8") as f:  # lines end at "\n" only
+        with open(d / f"{s}.jsonl", encoding="utf-8") as f:  # lines end at "\n" only
             out[s] = [json.loads(line) for line in f]
     return out
+
+
+def corpus_fixtures(prefix: str, name: str):
+    """Session fixtures `<prefix>_dir` (corpus asset `name`, fetched once) and `<prefix>`
+    (its splits' records)."""
+
+    @pytest.fixture(scope="session", name=f"{prefix}_dir")
+    def directory():
+        return assets.fetch(name)
+
+    @pytest.fixture(scope="session", name=prefix)
+    def records(request):
+        return _read_splits(request.getfixturevalue(f"{prefix}_dir"))
+
+    return directory, records
+
+
+rt_dir_fixture, rt_fixture = corpus_fixtures("rt", "rotten-tomatoes")
+cc_dir_fixture, cc_fixture = corpus_fixtures("cc", "chitchat")
+bible_dir_fixture, bible_fixture = corpus_fixtures("bible", "bible-en-es")
+aclsum_dir_fixture, aclsum_fixture = corpus_fixtures("aclsum", "aclsum")
 
 
 def test_rotten_tomatoes_sizes_labels_and_summary(rt_dir, rt):
@@ -169,20 +184,6 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------- chitchat
 
 
-@pytest.fixture(scope="session")
-def cc_dir():
-    return assets.fetch("chitchat")
-
-
-@pytest.fixture(scope="session")
-def cc(cc_dir):
-    out = {}
-    for s in SPLITS:
-        with open(cc_dir / f"{s}.jsonl", encoding="utf-8") as f:
-            out[s] = [json.loads(line) for line in f]
-    return out
-
-
 def test_chitchat_sizes_and_summary(cc_dir, cc):
     assert sorted(p.name for p in cc_dir.iterdir()) == ["split.json", "test.jsonl",
                                                         "train.jsonl", "validation.jsonl"]
@@ -290,24 +291,6 @@ def test_smollm2_is_a_hugging_face_llama_dir_with_its_gguf():
 
 
 # --------------------------------------------------------------------------- bible-en-es
-
-
-def _read_splits(d):
-    out = {}
-    for s in SPLITS:
-        with open(d / f"{s}.jsonl", encoding="utf-8") as f:
-            out[s] = [json.loads(line) for line in f]
-    return out
-
-
-@pytest.fixture(scope="session")
-def bible_dir():
-    return assets.fetch("bible-en-es")
-
-
-@pytest.fixture(scope="session")
-def bible(bible_dir):
-    return _read_splits(bible_dir)
 
 
 def test_bible_counts_and_summary(bible_dir, bible):
@@ -425,16 +408,6 @@ def test_failed_debian_download_names_the_packages(tmp_path, monkeypatch):
 
 
 # -------------------------------------------------------------------------------- aclsum
-
-
-@pytest.fixture(scope="session")
-def aclsum_dir():
-    return assets.fetch("aclsum")
-
-
-@pytest.fixture(scope="session")
-def aclsum(aclsum_dir):
-    return _read_splits(aclsum_dir)
 
 
 def test_aclsum_counts_and_summary(aclsum_dir, aclsum):
