@@ -110,11 +110,13 @@ Assets:
       test          300 pairs,   100 papers
   `fetch` returns the corpus directory.
 
-Modules: `registry` (`Asset`, `ASSETS`, `get`, `cache_dir`), `download` (pip/apt by name,
-the cache, `fetch`), `models` and `corpora` (the build functions), `sword` (the SWORD
-module reader used by `bible-en-es`). This package imports nothing from `sft_jax.data`;
+Modules: `base` (`Asset`, `cache_dir`), `models` and `corpora` (each asset's `Asset` next
+to its build function), `registry` (`ASSETS`, `get`, `is_asset`), `download` (pip/apt by
+name, the cache, `fetch`), `sword` (the SWORD module reader used by `bible-en-es`),
+`__main__` (the CLI). This package imports nothing from `sft_jax.data`;
 `sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs. A new asset is an `Asset`
-with a build function in `ASSETS`.
+with a build function, declared in `models` or `corpora` and listed in its `MODELS` /
+`CORPORA`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """

