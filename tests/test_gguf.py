@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from sft_jax import assets
 from sft_jax.errors import UserInputError
@@ -199,6 +206,11 @@ def write_gguf(path: Path, tensors: dict, *, arch: str = "llama", config: dict =
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_bos_token_id(config["bos_token_id"])
     writer.add_eos_token_id(config["eos_token_id"])
+    if "sliding_window" in config:  # gemma3
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
+        writer.add_sliding_window(config["sliding_window"])
+        writer.add_vocab_size(config["vocab_size"])  # transformers' loader needs it here
     for name, (array, qtype) in tensors.items():  # uint8 arrays: already quantized bytes
         data = array if array.dtype == np.uint8 else gguf.quants.quantize(array, qtype)
         writer.add_tensor(name, data, raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)
@@ -277,6 +289,55 @@ def test_hf_dir_from_float32_gguf_reproduces_the_model(tiny_llama, tmp_path):
                                                    "dtype": "F32", "shape": [40, 64]}
 
 
+TINY_GEMMA3 = dict(TINY, num_hidden_layers=6, head_dim=16, sliding_window=4, rope_theta=1e6,
+                   query_pre_attn_scalar=16, bos_token_id=2, eos_token_id=1)
+_GEMMA3_NAMES = {"post_attention_layernorm": "post_attention_norm",
+                 "pre_feedforward_layernorm": "ffn_norm",
+                 "post_feedforward_layernorm": "post_ffw_norm",
+                 "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def test_gemma3_round_trip_matches_transformers_gguf_loader(tmp_path):
+    """A random tiny Gemma 3 (5 sliding layers, 1 global; tied) written as llama.cpp's
+    converter does (norm weights stored as 1 + w, q/k rows not permuted): our state dict
+    equals transformers' GGUF loader's, and our directory gives the original logits."""
+    torch.manual_seed(0)
+    hf_config = {k: v for k, v in TINY_GEMMA3.items() if k != "rope_theta"}
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**hf_config, pad_token_id=0)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:  # Gemma inits them to 0 (scale 1); make the offset matter
+                p.normal_(0, 0.3)
+    tensors = {}
+    for hf_name, w in model.state_dict().items():
+        if hf_name == "lm_head.weight":
+            continue
+        base = hf_name.removesuffix(".weight")
+        rest = base.split(".", 3)[-1]
+        if rest in _GEMMA3_NAMES:
+            name = f"blk.{base.split('.')[2]}.{_GEMMA3_NAMES[rest]}.weight"
+        else:
+            name = gguf_name(hf_name)
+        w = w.numpy()
+        tensors[name] = (w + 1 if "norm" in name else w, Q.F32)
+    path = write_gguf(tmp_path / "gemma3.gguf", tensors, arch="gemma3", config=TINY_GEMMA3)
+    config, state = gguf_to_hf_state_dict(path)
+    assert config["model_type"] == "gemma3_text" and config["tie_word_embeddings"]
+    assert config["layer_types"] == model.config.layer_types
+    assert config["layer_types"].count("full_attention") == 1
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="gemma3.gguf").state_dict()
+    assert set(state) | {"lm_head.weight"} == set(ref)
+    for name, w in state.items():
+        assert torch.equal(torch.from_numpy(w), ref[name]), name
+
+    out = gguf_to_hf_dir(path, tmp_path / "hf")
+    ids = torch.tensor([[1, 5, 9, 33, 2, 17, 4, 4, 30]])  # longer than the window
+    with torch.no_grad():
+        got = Gemma3ForCausalLM.from_pretrained(out).eval()(ids).logits
+        want = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- errors
 
 
@@ -291,7 +352,8 @@ def raises_at(path: Path, message: str):
 
 def test_unsupported_architecture(tiny_llama, tmp_path):
     path = write_gguf(tmp_path / "g.gguf", _tiny_tensors(tiny_llama[1]), arch="gpt2")
-    with raises_at(path, r"GGUF architecture 'gpt2' is not supported \(supported: llama\)$"):
+    with raises_at(path, r"GGUF architecture 'gpt2' is not supported "
+                   r"\(supported: gemma3, llama\)$"):
         gguf_to_hf_dir(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sft_jax import assets
+from sft_jax import assets  # one direction: assets/ imports nothing from data/
 from sft_jax.errors import UserInputError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")

