@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import jax
 import ml_collections
@@ -132,5 +131,5 @@ class PmapPlacement(MeshPlacement):
 
 def for_config(config: ml_collections.ConfigDict) -> MeshPlacement:
     """The placement `config.train.parallelism` ('jit' or 'pmap') names."""
-    placements: dict[str, Any] = {"jit": MeshPlacement, "pmap": PmapPlacement}
+    placements: dict[str, type[MeshPlacement]] = {"jit": MeshPlacement, "pmap": PmapPlacement}
     return placements[config.train.parallelism](config)

@@ -106,7 +106,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 class Trainer:
-    """Holds what one run compiles once: mesh, state, step functions, checkpoints."""
+    """Holds what one run compiles once: placement (mesh), state, step functions,
+    checkpoints."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.started = time.perf_counter()
