@@ -3,16 +3,20 @@
 Two modes, chosen by `config.train.parallelism`:
 - `jit`: one program over a `Mesh` with axes (data, fsdp, tensor). Parameters carry logical
   axis names (`sft_jax.models.axes`); `config.mesh.rules` map them to mesh axes. Batches are
-  global `jax.Array`s sharded over (data, fsdp) along the batch dimension.
+  global `jax.Array`s sharded over (data, fsdp) along the batch dimension. Programs are
+  traced inside `sharding_context`, so the models' activation constraints apply too.
 - `pmap`: plain data parallelism over the local devices, state replicated.
+
+`sft_jax.placement` puts these pieces together, one object per mode.
 
 Each process feeds only its own rows (`jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -67,8 +71,24 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
 
 
 def logical_rules(mesh_config: ml_collections.ConfigDict) -> tuple:
+    """`config.mesh.rules` as flax's logical-axis rules: ((logical name, mesh axes), ...)."""
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                  for name, axes in mesh_config.rules)
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules) -> Iterator[None]:
+    """`mesh` as the context mesh (`jax.set_mesh`) and `rules` as flax's logical-axis rules.
+
+    Inside it, `nn.with_logical_constraint(x, names)` in a traced function becomes a
+    sharding constraint of x over `mesh` (a logical name without a rule, or whose mesh axes
+    are already taken by an earlier dimension, leaves its dimension unconstrained).
+    Outside it, flax makes those calls no-ops: they need both the rules and a context mesh
+    (`with mesh:` does not set the latter). While it is entered, `jit` runs on `mesh`
+    (an argument committed to other devices is an error) and `pmap` cannot run.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 def _fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
@@ -88,7 +108,8 @@ def param_shardings(abstract_boxed, mesh: Mesh, rules) -> object:
     """NamedShardings for a tree of (abstract) boxed params with logical axis names."""
     logical_specs = nn.get_partition_spec(abstract_boxed)
     mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-    shapes = nn.unbox(abstract_boxed)
+    # The boxes' values, with no constraint applied (these are shapes, not arrays).
+    shapes = nn.meta.map_axis_meta(lambda x: x.unbox(apply_constraint=False), abstract_boxed)
     return jax.tree.map(
         lambda x, spec: NamedSharding(mesh, _fits(x.shape, spec, mesh)),
         shapes,

@@ -93,7 +93,10 @@ def over_replicas(train_step, frozen: bool = False):
 def compile_train_step(train_step, mode: str, mesh: Mesh | None, state_shardings=None,
                        frozen: bool = False):
     """`jit` with the state donated and sharded as created, or `pmap` over local devices.
-    `frozen`: the step takes frozen params (replicated under `pmap`) as a 4th argument."""
+    `frozen`: the step takes frozen params (replicated under `pmap`) as a 4th argument.
+    The step is traced at its first call: under `jit`, make that call (and any `.lower`)
+    inside `parallel.sharding_context`, or the models' activation constraints are no-ops
+    (`sft_jax.placement` pairs each mode with its context)."""
     if mode == "pmap":
         in_axes = (0, 0, None, 0) if frozen else (0, 0, None)
         return jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=in_axes, donate_argnums=0)

@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sft_jax import optim, parallel, peft, steps, tasks
+from sft_jax import optim, parallel, peft, placement, steps, tasks
 from sft_jax import state as state_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
@@ -106,7 +106,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 class Trainer:
-    """Holds what one run compiles once: mesh, state, step functions, checkpoints."""
+    """Holds what one run compiles once: placement (mesh), state, step functions,
+    checkpoints."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.started = time.perf_counter()
@@ -117,21 +118,52 @@ class Trainer:
         self.workdir = Path(workdir)
         write_config(config, self.workdir)
         self.task = tasks.get_task(config, self.workdir)
-        self.mode = config.train.parallelism
         self.buckets = getattr(self.task, "buckets", None) or _buckets(config)
         self.accum = int(config.optim.grad_accum)
         self.total_steps = int(config.train.steps)
-
-        if self.mode == "pmap":  # state lives on one device, then is replicated
-            self.mesh = jax.sharding.Mesh(
-                np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1), parallel.MESH_AXES)
-        else:
-            self.mesh = parallel.make_mesh(config.mesh)
-        self.rules = parallel.logical_rules(config.mesh)
+        # Where the state lives and how the steps run there (jit over the mesh, or pmap).
+        self.placement = placement.for_config(config)
+        self.mesh, self.rules = self.placement.mesh, self.placement.rules
         self.tx, self.schedule = optim.make_optimizer(config.optim, max(self.total_steps, 1))
+        self._setup_state_and_steps()
+        base = None if self.peft is None else peft.base_fingerprint(config.model.checkpoint)
+        self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base,
+                                       replicas=self.replicas)
+        self.writer = MetricWriter(self.workdir)
+
+    def _setup_state_and_steps(self) -> None:
+        """The (replicas') state, sharded where it lives, and the compiled steps."""
+        config = self.config
         pretrained, init_batch = self.task.pretrained_params(), self.task.init_batch()
         self.peft = peft.build(config, state_lib.abstract_params(
             self.task.module, init_batch, config.seed), pretrained)
+        with self.placement.context():  # the init traces the model: its constraints apply
+            self._create_state(pretrained, init_batch)
+        del pretrained
+        self.num_params = (self.peft.num_params if self.peft is not None
+                           else state_lib.param_count(self.state.params) // self.replicas)
+        self.trained_params = state_lib.param_count(self.state.params) // self.replicas
+        logging.info("Model: %s, %d parameters%s", type(self.task.module).__name__,
+                     self.num_params,
+                     f", {self.replicas} replicas (seeds {self.seeds[0]}..{self.seeds[-1]})"
+                     if self.replicas > 1 else "")
+
+        combine = None if self.peft is None else self.peft.combine
+        train_step = steps.make_train_step(
+            self.task.loss_fn, self.tx, self.schedule,
+            axis_name=self.placement.axis_name, combine=combine,
+        )
+        if self.replicas > 1:
+            train_step = steps.over_replicas(train_step, frozen=combine is not None)
+        self.train_step = self.placement.compile_train_step(train_step, self.state_shardings,
+                                                            frozen=combine is not None)
+        self.eval_step = self.placement.compile_eval_step(self.task.eval_fn)
+        self.adapter = None
+        if self.peft is not None:
+            self._setup_peft(combine)
+
+    def _create_state(self, pretrained, init_batch) -> None:
+        """`state` (stacked over replicas, if any), its shardings and the step's rng."""
         # `shardings` place one replica's state; `state_shardings` the (stacked) state.
         stack = None
         for k, seed in enumerate(self.seeds):
@@ -147,48 +179,20 @@ class Trainer:
                 stack = state_lib.ReplicaStack(self.replicas, self.state_shardings)
             stack.set(k, state)
             del state
-        del pretrained
         if stack is not None:
             self.state = stack.tree
         # The step's rng (dropout): key(seed + 1) of each replica's seed.
         keys = [jax.random.key(seed + 1) for seed in self.seeds]
         self.rng = keys[0] if self.replicas == 1 else jax.numpy.stack(keys)
-        self.num_params = (self.peft.num_params if self.peft is not None
-                           else state_lib.param_count(self.state.params) // self.replicas)
-        self.trained_params = state_lib.param_count(self.state.params) // self.replicas
-        logging.info("Model: %s, %d parameters%s", type(self.task.module).__name__,
-                     self.num_params,
-                     f", {self.replicas} replicas (seeds {self.seeds[0]}..{self.seeds[-1]})"
-                     if self.replicas > 1 else "")
-
-        combine = None if self.peft is None else self.peft.combine
-        train_step = steps.make_train_step(
-            self.task.loss_fn, self.tx, self.schedule,
-            axis_name=steps.PMAP_AXIS if self.mode == "pmap" else None, combine=combine,
-        )
-        if self.replicas > 1:
-            train_step = steps.over_replicas(train_step, frozen=combine is not None)
-        self.train_step = steps.compile_train_step(train_step, self.mode, self.mesh,
-                                                   self.state_shardings,
-                                                   frozen=combine is not None)
-        self.eval_step = steps.compile_eval_step(self.task.eval_fn, self.mode, self.mesh)
-        self.adapter = None
-        if self.peft is not None:
-            self._setup_peft(combine)
-        base = None if self.peft is None else peft.base_fingerprint(config.model.checkpoint)
-        self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base,
-                                       replicas=self.replicas)
-        self.writer = MetricWriter(self.workdir)
 
     def _setup_peft(self, combine) -> None:
         """Partial training: the steps take the frozen base as an extra argument; the
         state's params are the trainable tree only (see `sft_jax.peft`)."""
         logging.info("%s", self.peft.describe())
-        frozen = parallel.replicate(self.frozen) if self.mode == "pmap" else self.frozen
+        frozen = self.placement.to_steps(self.frozen)
         train_step = self.train_step
-        eval_step = steps.compile_eval_step(
-            lambda params, batch, frozen: self.task.eval_fn(combine(params, frozen), batch),
-            self.mode, self.mesh)
+        eval_step = self.placement.compile_eval_step(
+            lambda params, batch, frozen: self.task.eval_fn(combine(params, frozen), batch))
         self.train_step = lambda state, batch, rng: train_step(state, batch, rng, frozen)
         self.eval_step = lambda params, batch: eval_step(params, batch, frozen)
         self._combine = jax.jit(combine)
@@ -202,12 +206,11 @@ class Trainer:
                 self.adapter = layout
 
     def model_params(self, params):
-        """The model's params from (unreplicated) state params: the same tree for full
-        fine-tuning, else the frozen base combined with the trainable tree."""
+        """The model's params from state params in the jit form (`Placement.from_steps`):
+        the same tree for full fine-tuning, else the frozen base combined with the
+        trainable tree."""
         if self.peft is None:
             return params
-        if self.mode == "pmap":  # a replica of pmap's state, next to the frozen params
-            params = jax.device_put(params, parallel.replicated(self.mesh))
         return self._combine(params, self.frozen)
 
     # Data --------------------------------------------------------------------------------
@@ -257,21 +260,17 @@ class Trainer:
 
     def _device_batch(self, batch: dict, micro_batches: int | None) -> dict:
         """Host rows -> device arrays: [k, b, ...] micro-batches for training,
-        [b, ...] for evaluation (`micro_batches=None`); pmap adds a leading device axis."""
+        [b, ...] for evaluation (`micro_batches=None`), as the placement lays them out."""
         batch = parallel.agree_on_length(batch, self.task.pad_values)
-        if self.mode == "pmap":
-            batch = parallel.to_pmap(batch, micro_batches or 1)
-            return batch if micro_batches else {k: v[:, 0] for k, v in batch.items()}
         if micro_batches is None:
-            return parallel.to_global(batch, self.mesh, leading=0)
-        return parallel.to_global(parallel.split_micro_batches(batch, micro_batches),
-                                  self.mesh, leading=1)
+            return self.placement.eval_batch(batch)
+        return self.placement.train_batch(batch, micro_batches)
 
     # Replicas ------------------------------------------------------------------------------
 
     def _replica_params(self, params, k: int):
-        """Replica k's params from the state's params (as they are: pmap-replicated under
-        pmap, where there is one replica)."""
+        """Replica k's params from the state's params, in the steps' form (there is one
+        replica under pmap)."""
         return params if self.replicas == 1 else state_lib.replica(params, k,
                                                                    self.shardings.params)
 
@@ -293,19 +292,9 @@ class Trainer:
 
     # Evaluation ----------------------------------------------------------------------------
 
-    def _gather(self, outputs: dict) -> dict[str, np.ndarray]:
-        """Per-row outputs -> host numpy arrays holding every process's rows."""
-        if self.mode == "pmap":
-            outputs = {k: np.asarray(v).reshape((-1, *v.shape[2:])) for k, v in outputs.items()}
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                outputs = {k: np.asarray(multihost_utils.process_allgather(v)).reshape(
-                    (-1, *v.shape[1:])) for k, v in outputs.items()}
-            return outputs
-        return {k: np.asarray(v) for k, v in outputs.items()}
-
     def evaluate_split(self, split: str, features: Sequence[dict], params) -> tuple[dict, dict]:
+        """Runs the eval step over `features` and the task's evaluation of their outputs;
+        `params` in the steps' form. Call inside `placement.context()`."""
         chunks: list[dict] = []
         for batch in pipeline.eval_batches(
             features,
@@ -316,7 +305,7 @@ class Trainer:
             process_count=jax.process_count(),
         ):
             batch = self._device_batch(batch, None)
-            chunks.append(self._gather(self.eval_step(params, batch)))
+            chunks.append(self.placement.host_rows(self.eval_step(params, batch)))
         rows = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         keep = rows["example_mask"] > 0
         order = np.argsort(rows["index"][keep], kind="stable")
@@ -324,13 +313,18 @@ class Trainer:
         if len(outputs["index"]) != len(features) or np.any(
                 outputs["index"] != np.arange(len(features))):
             raise RuntimeError(f"evaluation of {split} did not see every example exactly once")
-        host_params = parallel.unreplicate(params) if self.mode == "pmap" else params
-        host_params = self.model_params(host_params)
+        host_params = self.model_params(self.placement.from_steps(params))
         return self.task.evaluate(split, outputs, params=host_params), outputs
 
     # The loop ------------------------------------------------------------------------------
 
     def train_and_evaluate(self) -> dict[str, Any]:
+        """Trains, evaluates and exports; every step, evaluation, prediction and export runs
+        inside the placement's context (the mesh and the logical-axis rules)."""
+        with self.placement.context():
+            return self._train_and_evaluate()
+
+    def _train_and_evaluate(self) -> dict[str, Any]:
         config = self.config
         train_features = self.task.train_features()
         eval_features = self.task.eval_features()
@@ -347,8 +341,7 @@ class Trainer:
             if iterators is not None:
                 self._set_data_state(iterators, data_state)
             start = int(np.asarray(self.state.step).reshape(-1)[0])
-        if self.mode == "pmap":
-            self.state = parallel.replicate(self.state)
+        self.state = self.placement.to_steps(self.state)
 
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())
@@ -402,9 +395,7 @@ class Trainer:
     def _log_train(self, step: int, metrics: dict, steps_per_second: float) -> float:
         """Writes the step's train metrics (one record per replica); returns the loss
         (the mean over replicas) for the progress bar."""
-        values = jax.tree.map(lambda x: np.asarray(x, np.float64), metrics)
-        if self.mode == "pmap":  # every device holds the same (psummed) metrics
-            values = {k: v.reshape(-1)[0] for k, v in values.items()}
+        values = self.placement.host_metrics(metrics)
         for k in range(self.replicas):
             record = {name: float(v if self.replicas == 1 else v[k])
                       for name, v in values.items()}
@@ -421,13 +412,8 @@ class Trainer:
                 f"replica(s), this run has train.replicas={self.replicas}; resume with the "
                 f"same train.replicas")
 
-    def _final_params(self):
-        """Params as a jit-mode (mesh-sharded) tree, whatever the parallelism."""
-        return parallel.unreplicate(self.state.params) if self.mode == "pmap" \
-            else self.state.params
-
     def _save(self, step: int, iterators) -> None:
-        state = parallel.unreplicate(self.state) if self.mode == "pmap" else self.state
+        state = self.placement.from_steps(self.state)
         self.checkpoints.save(step, state, self._data_state(iterators), self.rng)
 
     def _periodic_eval(self, step: int, split: str, features) -> list[dict]:
@@ -440,8 +426,7 @@ class Trainer:
         with self._as_replica(k):
             metrics, _ = self.evaluate_split(split, features, params)
         self.writer.write(step, split, metrics, replica=k if self.replicas > 1 else None)
-        host_params = parallel.unreplicate(params) if self.mode == "pmap" else params
-        if self.checkpoints.save_best(step, host_params, metrics, replica=k):
+        if self.checkpoints.save_best(step, self.placement.from_steps(params), metrics, replica=k):
             logging.info("step %d: new best %s = %.4f%s", step, self.checkpoints.metric,
                          metrics[self.checkpoints.metric],
                          f" (replica {k})" if self.replicas > 1 else "")
@@ -472,20 +457,20 @@ class Trainer:
         params = self._replica_params(self.state.params, k)
         source = f"step {step}"
         if config.checkpoint.use_best_for_final and self.total_steps > 0:
-            abstract = state_lib.abstract_like(self._final_params(), self.shardings.params) \
+            abstract = state_lib.abstract_like(self.placement.from_steps(self.state.params),
+                                               self.shardings.params) \
                 if self.replicas == 1 else state_lib.unstacked(self.state.params,
                                                                self.shardings.params)
             best = self.checkpoints.restore_best(abstract, replica=k)
             if best is not None:
                 best_step, params = best
                 source = f"best {self.checkpoints.metric} at step {best_step}"
-                if self.mode == "pmap":
-                    params = parallel.replicate(params)
+                params = self.placement.to_steps(params)
         logging.info("Final evaluation%s with the params of %s",
                      f" of replica {k}" if replica is not None else "", source)
 
         pred_dir = self._out_dir("predictions", k)
-        final_params = parallel.unreplicate(params) if self.mode == "pmap" else params
+        final_params = self.placement.from_steps(params)
         model_params = self.model_params(final_params)
         with self._as_replica(k):
             for split in config.eval.splits:

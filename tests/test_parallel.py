@@ -35,3 +35,32 @@ def test_agree_on_length_pads_each_field_group_to_the_longest_of_any_process(mon
     np.testing.assert_array_equal(out["decoder_input_ids"][:, 4:], pad_id)
     np.testing.assert_array_equal(out["encoder_input_ids"], batch["encoder_input_ids"])
     assert out["example_mask"] is batch["example_mask"]
+
+
+def test_sharding_context_makes_logical_constraints_take_effect():
+    """`nn.with_logical_constraint` is a no-op unless traced inside `sharding_context`
+    (the context mesh and the logical-axis rules); the pmap placement enters neither."""
+    import jax
+    import jax.numpy as jnp
+    from conftest import load_config
+    from flax import linen as nn
+
+    from sft_jax import placement
+
+    def constrained(x):  # B T D
+        return nn.with_logical_constraint(x * 2, ("batch", "length", "embed"))
+
+    def lowered() -> str:
+        return jax.jit(constrained).lower(jnp.ones((2, 3, 4))).as_text()
+
+    config = load_config()
+    jit = placement.for_config(config)
+    assert isinstance(jit, placement.MeshPlacement) and jit.axis_name is None
+    assert "sharding_constraint" not in lowered()
+    with jit.context():
+        assert "sharding_constraint" in lowered()
+    config.train.parallelism = "pmap"
+    pmap = placement.for_config(config)
+    assert isinstance(pmap, placement.PmapPlacement) and pmap.axis_name is not None
+    with pmap.context():
+        assert "sharding_constraint" not in lowered()
