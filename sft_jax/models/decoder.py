@@ -1,5 +1,43 @@
-"""Pieces shared by the decoder-only families: the batch contract's defaults and masks,
-and the LM head (the contract itself is documented in `sft_jax/models/llama.py`)."""
+"""The decoder-only contracts, and the pieces every decoder family shares: the batch
+contract's defaults and masks (`decoder_inputs`) and the LM head (`lm_logits`).
+
+Decoder batch contract (every decoder-only family)
+--------------------------------------------------
+    input_ids    int [B, T]
+    positions    int [B, T]  position of each token within its sequence (restarts at 0 for
+                             every packed sequence; left padding: real tokens count from 0).
+                             Default: arange(T) (with a cache: index + arange(T)).
+    segment_ids  int [B, T]  which sequence a token belongs to; 0 = padding. Attention
+                             never crosses segments and is causal within one.
+                             Default: all ones.
+
+`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True)`
+returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after the final norm),
+'cache': the updated cache, or None without one}` ('logits' is absent when the module is
+built with `with_lm_head=False`, as inside a `SequenceClassifier`). Dropout draws from the
+'dropout' rng when `deterministic=False`. A loss mask is the task's business.
+
+KV cache contract (functional: the cache is an explicit pytree, in and out)
+--------------------------------------------------------------------------
+`init_cache(config, batch_size, max_length, dtype=None)` returns
+
+    {'index': int32 [],             number of filled slots (the same for every row)
+     'segment_ids': int32 [B, S],   segment of the token in each slot; 0 = empty or padding
+     'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   one dict per layer,
+                                    keys as attention uses them (RoPE: rotated);
+                                    S = max_length, dtype = config.dtype
+
+All leaves have the batch first (except 'index'), so a caller may slice, gather or reorder
+rows (beam search) with a plain `jax.tree.map`. Calling with `cache=` writes the T new
+tokens' keys/values and segment ids at slots [index, index + T) (`lax.dynamic_update_slice`)
+and returns the cache with index + T; a query at slot index + t attends to slot s iff
+cache segment_ids[s] != 0, it equals the query's segment id, and s <= index + t (causal by
+slot; with a sliding window W also index + t - s < W). Positions come from the caller, so
+a left-padded prompt (pads with segment 0, real tokens at positions 0, 1, ...) followed by
+one token per step at position = number of real tokens so far gives the logits of the
+unpadded sequence. The caller keeps index + T <= max_length (beyond it
+`dynamic_update_slice` clamps the start and overwrites the last slots).
+"""
 
 from __future__ import annotations
 

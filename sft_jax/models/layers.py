@@ -16,9 +16,10 @@ Masks are boolean, True = may attend, shaped to broadcast against the attention 
 (padding), a decoder (causal + padding) and a packed batch (segment ids) all feed the same
 `Attention`. An additive `bias` (e.g. T5 relative positions) goes in separately.
 
-Decoders (`llama.py`, `gpt2.py`) build their mask with `decoder_mask` from segment ids and
-slots, and keep keys/values in an explicit KV cache (`init_kv_cache`, passed to
-`Attention(kv_cache=..., cache_index=...)`); the cache contract is documented in `llama.py`.
+Decoders build their mask with `decoder_mask` from segment ids and slots, and keep
+keys/values in an explicit KV cache (`init_kv_cache`, passed to
+`Attention(kv_cache=..., cache_index=...)`); the cache contract is documented in
+`decoder.py`.
 """
 
 from __future__ import annotations
@@ -431,7 +432,7 @@ def init_kv_cache(
     head_dim: int,
     dtype: Dtype = jnp.float32,
 ) -> dict[str, Any]:
-    """An empty decoder KV cache (the contract is documented in `sft_jax/models/llama.py`):
+    """An empty decoder KV cache (the contract is documented in `sft_jax/models/decoder.py`):
 
     {'index': int32 [], 'segment_ids': int32 [B, S],
      'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   (S = max_length)
@@ -482,10 +483,8 @@ def materialize_cotangent(x: Array) -> Array:  # B T D -> B T D
     2·D FLOPs per element. `jax.lax.optimization_barrier` would state the intent, but
     XLA:CPU removes barriers before fusion. Other backends get `x` unchanged.
 
-    Used where it measured faster: GPT-2, whose profile showed the duplicated chain
-    (`python -m experiments.profile_step --family gpt2`: transposing copies 1.07 s → 0.28 s,
-    step 3.61 s → 2.72 s at 4×128), and T5 (step 1.59 s → 1.48 s). Llama measured slower
-    with it (3.7 s → 4.2 s) and BERT unchanged; BENCHMARKS.md has the details.
+    A family opts in where its profile shows the duplicated chain (GPT-2 and T5 use
+    it; BENCHMARKS.md has the measurements and why Llama and BERT do not).
     """
     if jax.default_backend() != "cpu":
         return x

@@ -12,27 +12,11 @@ from sft_jax.models.bart.model import (
 )
 from sft_jax.models.family import Architectures, Family
 
-FAMILY = Family(
-    name="bart",
-    kind="encoder-decoder",
-    config_cls=BartConfig,
-    module_cls=BartModel,
-    converter=convert,
-    architectures={
-        "bart": Architectures("BartModel", seq2seq="BartForConditionalGeneration"),
-        "marian": Architectures("MarianModel", seq2seq="MarianMTModel"),
-    },
-    init_cache=init_cache,
-    dropout_keys=("dropout", "attention_dropout", "activation_dropout"),
-)
+_DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout")
+FAMILY = Family("bart", "encoder-decoder", BartConfig, BartModel, convert, {
+    "bart": Architectures("BartModel", seq2seq="BartForConditionalGeneration"),
+    "marian": Architectures("MarianModel", seq2seq="MarianMTModel"),
+}, init_cache=init_cache, dropout_keys=_DROPOUT_KEYS)
 
-__all__ = [
-    "BART_POSITION_OFFSET",
-    "FAMILY",
-    "SUPPORTED_MODEL_TYPES",
-    "BartConfig",
-    "BartModel",
-    "convert",
-    "init_cache",
-    "marian_sinusoids",
-]
+__all__ = ["BART_POSITION_OFFSET", "FAMILY", "SUPPORTED_MODEL_TYPES", "BartConfig", "BartModel",
+           "convert", "init_cache", "marian_sinusoids"]

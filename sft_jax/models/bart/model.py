@@ -22,39 +22,12 @@ with biases, queries scaled by head_dim**-0.5; each block `x = LN(x + drop(f(x))
 every table (encoder, decoder, LM head). `final_logits_bias` is a buffer in Hugging Face:
 it takes no gradient here either (`stop_gradient`), so fine-tuning leaves it as loaded.
 
-Encoder-decoder batch contract (all int32; the same for T5)
------------------------------------------------------------
-    encoder_input_ids    [B, S]
-    encoder_segment_ids  [B, S]  0 = padding; packed pairs numbered 1, 2, ...; default ones
-    encoder_positions    [B, S]  restart at 0 per segment; default arange(S)
-    decoder_input_ids    [B, T]  target shifted right (decoder start token first)
-    decoder_segment_ids  [B, T]  the id of the pair's source segment; 0 = padding
-    decoder_positions    [B, T]  restart at 0 per segment; default arange(T)
-                                 (with a cache: cache index + arange(T))
+The batch contract and the methods (`__call__`, `encode`, `decode`) are those of every
+encoder-decoder family (`models/t5/model.py`); `init_cache` builds the decoder-only
+cache of `models/decoder.py` (no key positions: BART has no relative bias). Dropout draws
+from the 'dropout' rng when `deterministic=False`.
 
-Encoder self-attention is bidirectional within a segment, decoder self-attention causal
-within a segment, and decoder token q attends source token s iff encoder_segment_ids[s]
-!= 0 and equals q's decoder segment id. Dropout draws from the 'dropout' rng when
-`deterministic=False`.
-
-Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
-    __call__(encoder_input_ids, decoder_input_ids, *, encoder_segment_ids=None,
-             encoder_positions=None, decoder_segment_ids=None, decoder_positions=None,
-             deterministic=True) -> {'logits': float32 [B, T, V]}
-    encode(encoder_input_ids, *, encoder_segment_ids=None, encoder_positions=None,
-           deterministic=True) -> [B, S, D]
-    decode(decoder_input_ids, encoded, *, encoder_segment_ids=None, decoder_positions=None,
-           decoder_segment_ids=None, cache=None, deterministic=True)
-        -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
-
-`init_cache(config, batch_size, max_length, dtype=None)` returns the decoder self-attention
-cache in the decoder-only format of `llama.py` ({'index', 'segment_ids' [B,S], 'layers':
-[{'k','v'} [B,S,N,H]]}); every leaf but 'index' is batch-first, so beam search reorders
-rows with `jax.tree.map`. Cross-attention keys/values are computed from `encoded` at every
-`decode` call (the encoder runs once per generation; reorder `encoded` and
-`encoder_segment_ids` with the cache).
-
-Parameter tree (our names; `sft_jax/hf/bart.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     shared/embedding                       V D   ('vocab','embed')  shared tables only
     encoder_embed/embedding                V D   ('vocab','embed')  otherwise

@@ -12,29 +12,11 @@ from sft_jax.models.bert.model import (
 )
 from sft_jax.models.family import Architectures, Family
 
-FAMILY = Family(
-    name="bert",
-    kind="encoder",
-    config_cls=BertConfig,
-    module_cls=BertModel,
-    converter=convert,
-    architectures={
-        "bert": Architectures("BertModel", sequence_classification="BertForSequenceClassification"),
-        "roberta": Architectures(
-            "RobertaModel", sequence_classification="RobertaForSequenceClassification"
-        ),
-    },
-    hf_pooling="pooler",
-    dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
-)
+_CLASSES = {"bert": "Bert", "roberta": "Roberta"}  # model_type -> HF class-name prefix
+FAMILY = Family("bert", "encoder", BertConfig, BertModel, convert, architectures={
+    model_type: Architectures(f"{p}Model", sequence_classification=f"{p}ForSequenceClassification")
+    for model_type, p in _CLASSES.items()
+}, hf_pooling="pooler", dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"))
 
-__all__ = [
-    "FAMILY",
-    "SUPPORTED_MODEL_TYPES",
-    "BertConfig",
-    "BertEmbeddings",
-    "BertLayer",
-    "BertModel",
-    "convert",
-    "default_position_ids",
-]
+__all__ = ["FAMILY", "SUPPORTED_MODEL_TYPES", "BertConfig", "BertEmbeddings", "BertLayer",
+           "BertModel", "convert", "default_position_ids"]

@@ -4,7 +4,7 @@ Post-LayerNorm transformer encoder, numerically equal to Hugging Face's `BertMod
 `RobertaModel` in fp32 (tests/test_models_bert.py). RoBERTa differs only in its position
 ids, which start at `pad_token_id + 1` and skip padding tokens.
 
-Parameter tree (our names; `sft_jax/hf/bert.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embeddings/word/embedding            V D      ('vocab', 'embed')
     embeddings/position/embedding        P D      ('position', 'embed')

@@ -5,22 +5,10 @@ from sft_jax.models.family import Architectures, Family
 from sft_jax.models.gpt2 import convert
 from sft_jax.models.gpt2.model import Gpt2Config, Gpt2Layer, Gpt2Model, init_cache
 
-FAMILY = Family(
-    name="gpt2",
-    kind="decoder",
-    config_cls=Gpt2Config,
-    module_cls=Gpt2Model,
-    converter=convert,
-    architectures={
-        "gpt2": Architectures(
-            "GPT2Model",
-            causal_lm="GPT2LMHeadModel",
-            sequence_classification="GPT2ForSequenceClassification",
-        ),
-    },
-    hf_pooling="last",
-    init_cache=init_cache,
-    dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
-)
+_GPT2 = Architectures("GPT2Model", causal_lm="GPT2LMHeadModel",
+                      sequence_classification="GPT2ForSequenceClassification")
+FAMILY = Family("gpt2", "decoder", Gpt2Config, Gpt2Model, convert, {"gpt2": _GPT2},
+                hf_pooling="last", init_cache=init_cache,
+                dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"))
 
 __all__ = ["FAMILY", "Gpt2Config", "Gpt2Layer", "Gpt2Model", "convert", "init_cache"]

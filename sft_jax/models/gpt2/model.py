@@ -4,10 +4,10 @@ Pre-LayerNorm transformer with learned absolute positions, `gelu_new` MLP and an
 tied to the token embeddings; numerically equal to Hugging Face's `GPT2LMHeadModel` in
 fp32 (tests/test_models_decoder.py). The batch contract (input_ids, positions,
 segment_ids), the call signature and the KV cache contract are those of every decoder, as
-documented in `llama.py`; `init_cache` here builds the same cache for GPT-2 (K = N).
+documented in `models/decoder.py`; `init_cache` here builds the same cache for GPT-2 (K = N).
 Positions index the learned table, so they must stay below `n_positions`.
 
-Parameter tree (our names; `sft_jax/hf/gpt2.py` maps them to Hugging Face, whose Conv1D
+Parameter tree (our names; `convert.py` maps them to Hugging Face, whose Conv1D
 weights are stored [in, out]):
 
     embed/embedding                          V D    ('vocab', 'embed')
@@ -174,7 +174,7 @@ class Gpt2Config:
 def init_cache(
     config: Gpt2Config, batch_size: int, max_length: int, dtype: Any = None
 ) -> dict[str, Any]:
-    """An empty KV cache for `config` (the contract is documented in `llama.py`)."""
+    """An empty KV cache for `config` (contract: `models/decoder.py`)."""
     return layers.init_kv_cache(
         batch_size,
         max_length,
@@ -238,7 +238,7 @@ class Gpt2Layer(nn.Module):
 
 
 class Gpt2Model(nn.Module):
-    """GPT-2 causal LM; call contract as `llama.LlamaModel` (see `llama.py`)."""
+    """GPT-2 causal LM (call contract: `models/decoder.py`)."""
 
     config: Gpt2Config
     with_lm_head: bool = True

@@ -12,37 +12,12 @@ from sft_jax.models.llama.model import (
     init_cache,
 )
 
+_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}  # HF class-name prefix
+FAMILY = Family("llama", "decoder", LlamaConfig, LlamaModel, convert, architectures={
+    model_type: Architectures(f"{p}Model", causal_lm=f"{p}ForCausalLM",
+                              sequence_classification=f"{p}ForSequenceClassification")
+    for model_type, p in _CLASSES.items()
+}, hf_pooling="last", init_cache=init_cache, dropout_keys=("attention_dropout", "hidden_dropout"))
 
-def _architectures(prefix: str) -> Architectures:
-    return Architectures(
-        f"{prefix}Model",
-        causal_lm=f"{prefix}ForCausalLM",
-        sequence_classification=f"{prefix}ForSequenceClassification",
-    )
-
-
-FAMILY = Family(
-    name="llama",
-    kind="decoder",
-    config_cls=LlamaConfig,
-    module_cls=LlamaModel,
-    converter=convert,
-    architectures={
-        "llama": _architectures("Llama"),
-        "mistral": _architectures("Mistral"),
-        "qwen2": _architectures("Qwen2"),
-    },
-    hf_pooling="last",
-    init_cache=init_cache,
-    dropout_keys=("attention_dropout", "hidden_dropout"),
-)
-
-__all__ = [
-    "FAMILY",
-    "SUPPORTED_MODEL_TYPES",
-    "LlamaConfig",
-    "LlamaLayer",
-    "LlamaModel",
-    "convert",
-    "init_cache",
-]
+__all__ = ["FAMILY", "SUPPORTED_MODEL_TYPES", "LlamaConfig", "LlamaLayer", "LlamaModel",
+           "convert", "init_cache"]

@@ -6,43 +6,9 @@ SwiGLU MLP, numerically equal to Hugging Face's `LlamaForCausalLM` / `MistralFor
 config: Qwen2 has q/k/v biases, Mistral (and Qwen2 when `use_sliding_window`) a sliding
 attention window, Llama optional `attention_bias` / `mlp_bias`.
 
-Decoder batch contract (shared by every decoder-only model, e.g. `gpt2.py`)
----------------------------------------------------------------------------
-    input_ids    int [B, T]
-    positions    int [B, T]  position of each token within its sequence (restarts at 0 for
-                             every packed sequence; left padding: real tokens count from 0).
-                             Default: arange(T) (with a cache: index + arange(T)).
-    segment_ids  int [B, T]  which sequence a token belongs to; 0 = padding. Attention
-                             never crosses segments and is causal within one.
-                             Default: all ones.
+The batch, call and KV-cache contracts are those of every decoder (`models/decoder.py`).
 
-`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True)`
-returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after the final norm),
-'cache': the updated cache, or None without one}` ('logits' is absent when the module is
-built with `with_lm_head=False`, as inside a `SequenceClassifier`). Dropout draws from the
-'dropout' rng when `deterministic=False`. A loss mask is the task's business.
-
-KV cache contract (functional: the cache is an explicit pytree, in and out)
---------------------------------------------------------------------------
-`init_cache(config, batch_size, max_length, dtype=None)` returns
-
-    {'index': int32 [],             number of filled slots (the same for every row)
-     'segment_ids': int32 [B, S],   segment of the token in each slot; 0 = empty or padding
-     'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   one dict per layer, keys
-                                    already rotated; S = max_length, dtype = config.dtype
-
-All leaves have the batch first (except 'index'), so a caller may slice, gather or reorder
-rows (beam search) with a plain `jax.tree.map`. Calling with `cache=` writes the T new
-tokens' keys/values and segment ids at slots [index, index + T) (`lax.dynamic_update_slice`)
-and returns the cache with index + T; a query at slot index + t attends to slot s iff
-cache segment_ids[s] != 0, it equals the query's segment id, and s <= index + t (causal by
-slot; with a sliding window W also index + t - s < W). Positions come from the caller, so
-a left-padded prompt (pads with segment 0, real tokens at positions 0, 1, ...) followed by
-one token per step at position = number of real tokens so far gives the logits of the
-unpadded sequence. The caller keeps index + T <= max_length (beyond it
-`dynamic_update_slice` clamps the start and overwrites the last slots).
-
-Parameter tree (our names; `sft_jax/hf/llama.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embed/embedding                       V D    ('vocab', 'embed')
     layer_{i}/attention_norm/scale        D      ('embed',)
@@ -255,10 +221,15 @@ class LlamaConfig:
             out["mlp_bias"] = self.mlp_bias
         elif self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
-        else:  # qwen2
+        elif self.model_type == "qwen2":
             out["use_sliding_window"] = self.sliding_window is not None
             out["sliding_window"] = self.sliding_window
             out["layer_types"] = list(self.layer_types)
+        else:
+            raise UserInputError(
+                f"model_type {self.model_type!r} is not a Llama-family decoder "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
         return out
 
 
@@ -290,7 +261,7 @@ def _sliding(
 def init_cache(
     config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None
 ) -> dict[str, Any]:
-    """An empty KV cache for `config` (see the module docstring); dtype: config.dtype."""
+    """An empty KV cache for `config` (contract: `models/decoder.py`); dtype: config.dtype."""
     return layers.init_kv_cache(
         batch_size,
         max_length,
@@ -357,7 +328,7 @@ class LlamaLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Llama / Mistral / Qwen2 causal LM (see the module docstring for the call contract).
+    """Llama / Mistral / Qwen2 causal LM (call contract: `models/decoder.py`).
 
     Attributes:
       config: the architecture.

@@ -12,27 +12,10 @@ from sft_jax.models.t5.model import (
     relative_position_bucket,
 )
 
-FAMILY = Family(
-    name="t5",
-    kind="encoder-decoder",
-    config_cls=T5Config,
-    module_cls=T5Model,
-    converter=convert,
-    architectures={
-        "t5": Architectures("T5Model", seq2seq="T5ForConditionalGeneration"),
-        "mt5": Architectures("MT5Model", seq2seq="MT5ForConditionalGeneration"),
-    },
-    init_cache=init_cache,
-    dropout_keys=("dropout_rate",),
-)
+FAMILY = Family("t5", "encoder-decoder", T5Config, T5Model, convert, architectures={
+    "t5": Architectures("T5Model", seq2seq="T5ForConditionalGeneration"),
+    "mt5": Architectures("MT5Model", seq2seq="MT5ForConditionalGeneration"),
+}, init_cache=init_cache, dropout_keys=("dropout_rate",))
 
-__all__ = [
-    "FAMILY",
-    "SUPPORTED_MODEL_TYPES",
-    "T5Config",
-    "T5Model",
-    "convert",
-    "init_cache",
-    "parse_feed_forward_proj",
-    "relative_position_bucket",
-]
+__all__ = ["FAMILY", "SUPPORTED_MODEL_TYPES", "T5Config", "T5Model", "convert", "init_cache",
+           "parse_feed_forward_proj", "relative_position_bucket"]

@@ -27,8 +27,8 @@ Cross-attention has no position bias. Dropout (`dropout_rate`, from the 'dropout
 when `deterministic=False`) sits where HF has it: after the embedding, on attention
 probabilities, after the MLP activation, before each residual add, after the final norm.
 
-Encoder-decoder batch contract (all int32; the one of `bart.py`)
------------------------------------------------------------------
+Encoder-decoder batch contract (all int32; every encoder-decoder family)
+------------------------------------------------------------------------
     encoder_input_ids    [B, S]
     encoder_segment_ids  [B, S]  0 = padding; packed pairs numbered 1, 2, ...; default ones
     encoder_positions    [B, S]  restart at 0 per segment; default arange(S)
@@ -36,6 +36,10 @@ Encoder-decoder batch contract (all int32; the one of `bart.py`)
     decoder_segment_ids  [B, T]  the id of the pair's source segment; 0 = padding
     decoder_positions    [B, T]  restart at 0 per segment; default arange(T)
                                  (with a cache: cache index + arange(T))
+
+Encoder self-attention is bidirectional within a segment, decoder self-attention causal
+within a segment, and decoder token q attends source token s iff encoder_segment_ids[s]
+!= 0 and equals q's decoder segment id.
 
 Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
     __call__(encoder_input_ids, decoder_input_ids, *, encoder_segment_ids=None,
@@ -48,14 +52,14 @@ Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
         -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
 
 `init_cache(config, batch_size, max_length, dtype=None)` returns the decoder-only cache of
-`llama.py` plus the key positions the relative bias needs:
+`models/decoder.py` plus the key positions the relative bias needs:
     {'index': int32 [], 'segment_ids': int32 [B, S], 'positions': int32 [B, S],
      'layers': [{'k': [B, S, N, H], 'v': [B, S, N, H]}, ...]}
 Every leaf but 'index' is batch-first (beam search reorders rows with `jax.tree.map`;
 reorder `encoded` and `encoder_segment_ids` alike). Cross-attention keys/values are
 computed from `encoded` at every `decode` call.
 
-Parameter tree (our names; `sft_jax/hf/t5.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embed/embedding                               V D    ('vocab', 'embed')  HF `shared`
     lm_head/kernel                                D V    ('embed', 'vocab')  untied only
