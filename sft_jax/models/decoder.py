@@ -109,3 +109,59 @@ def lm_logits(
         )(x)
     logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
     return logits.astype(jnp.float32)
+
+
+def init_cache(
+    config: Any,
+    batch_size: int,
+    max_length: int,
+    dtype: Any = None,
+    *,
+    num_layers: int | None = None,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+) -> dict[str, Any]:
+    """An empty KV cache (the contract above) for `config`: its `num_hidden_layers`,
+    `num_key_value_heads` and `head_dim` unless given; dtype: `config.dtype` unless given."""
+    return layers.init_kv_cache(
+        batch_size,
+        max_length,
+        num_layers=config.num_hidden_layers if num_layers is None else num_layers,
+        num_kv_heads=config.num_key_value_heads if num_kv_heads is None else num_kv_heads,
+        head_dim=config.head_dim if head_dim is None else head_dim,
+        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
+    )
+
+
+def next_cache(
+    cache: Mapping[str, Any] | None,
+    index: Array | None,
+    length: int,
+    key_segments: Array,
+    new_layers: list[Any],
+    **extra: Array,
+) -> dict[str, Any] | None:
+    """The cache after a call that wrote `length` tokens (None without a cache): index +
+    length, the key segment ids, the layers' new keys/values (and any `extra` leaves)."""
+    if cache is None:
+        return None
+    return {"index": index + length, "segment_ids": key_segments, **extra, "layers": new_layers}
+
+
+def decoder_outputs(
+    x: Array,  # B T D, after the final norm
+    new_cache: dict[str, Any] | None,
+    embed: nn.Embed,
+    cfg: Any,
+    init: layers.Initializer,
+    *,
+    with_lm_head: bool,
+    dtype: Any,
+    param_dtype: Any,
+) -> dict[str, Any]:
+    """The decoder call's result (the contract above): hidden states, cache, and the
+    logits of `lm_logits` unless `with_lm_head` is False."""
+    out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
+    if with_lm_head:
+        out["logits"] = lm_logits(x, embed, cfg, init, dtype=dtype, param_dtype=param_dtype)
+    return out

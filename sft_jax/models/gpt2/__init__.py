@@ -1,9 +1,10 @@
 """GPT-2: module and config (`model.py`), Hugging Face converter (`convert.py`), and
 `FAMILY`, its `Family` declaration."""
 
+from sft_jax.models.decoder import init_cache
 from sft_jax.models.family import Architectures, Family
 from sft_jax.models.gpt2 import convert
-from sft_jax.models.gpt2.model import Gpt2Config, Gpt2Layer, Gpt2Model, init_cache
+from sft_jax.models.gpt2.model import Gpt2Config, Gpt2Layer, Gpt2Model
 
 _GPT2 = Architectures("GPT2Model", causal_lm="GPT2LMHeadModel",
                       sequence_classification="GPT2ForSequenceClassification")

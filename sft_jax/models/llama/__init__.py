@@ -2,6 +2,7 @@
 (`model.py`), Hugging Face converter (`convert.py`), and `FAMILY`, their `Family`
 declaration."""
 
+from sft_jax.models.decoder import init_cache
 from sft_jax.models.family import Architectures, Family
 from sft_jax.models.llama import convert
 from sft_jax.models.llama.model import (
@@ -9,7 +10,6 @@ from sft_jax.models.llama.model import (
     LlamaConfig,
     LlamaLayer,
     LlamaModel,
-    init_cache,
 )
 
 _CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}  # HF class-name prefix

@@ -38,29 +38,16 @@ import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    hf_token_ids,
-    remat_layer,
-    token_ids_to_hf,
-)
-from sft_jax.models.decoder import decoder_inputs, lm_logits
+from sft_jax.models import axes, common, layers
+from sft_jax.models.decoder import decoder_inputs, decoder_outputs, next_cache
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-)
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size")
 # Defaults that differ between the families (HF config classes), used when a key is absent.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"max_position_embeddings": 2048},
@@ -70,7 +57,7 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(common.ModelConfig):
     """Architecture of a Llama-family decoder (HF field names where HF has them) plus our
     dtypes. Resolved at `from_hf`: `num_key_value_heads`, `head_dim`, the biases implied
     by `model_type`, and `layer_types` ('full_attention' / 'sliding_attention' per layer).
@@ -103,12 +90,6 @@ class LlamaConfig:
     bos_token_id: int | tuple[int, ...] | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     model_type: str = "llama"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self) -> None:
-        check_remat_policy(self.remat_policy)
 
     @property
     def hidden_dropout_prob(self) -> float:
@@ -125,27 +106,15 @@ class LlamaConfig:
         sliding = self.layer_types and self.layer_types[layer] == "sliding_attention"
         return self.sliding_window if sliding else None
 
+    hf_checks = common.HfChecks("llama", SUPPORTED_MODEL_TYPES, "a Llama-family decoder", _REQUIRED)
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> LlamaConfig:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="llama", supported=SUPPORTED_MODEL_TYPES, family="a Llama-family decoder",
-            required=_REQUIRED, where=where,
-        )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
         hf = {**_FAMILY_DEFAULTS[model_type], **hf}
-        act = hf.get("hidden_act", "silu")
-        if act not in layers.ACTIVATIONS:
-            raise UserInputError(
-                f"{where}: hidden_act {act!r} is not supported "
-                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
-            )
+        act = common.check_activation(
+            hf.get("hidden_act", "silu"), key="hidden_act", where=where
+        )
         n = hf["num_attention_heads"]
         kv = hf.get("num_key_value_heads") or n
         if n % kv:
@@ -163,7 +132,7 @@ class LlamaConfig:
         num_layers = hf["num_hidden_layers"]
         sliding_window, layer_types = _sliding(hf, model_type, num_layers, where=where)
         attention_bias = bool(hf.get("attention_bias", False))
-        return cls(
+        return dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             num_hidden_layers=num_layers,
@@ -187,11 +156,8 @@ class LlamaConfig:
             hidden_dropout=float(hf.get("hidden_dropout") or 0.0),
             initializer_range=hf.get("initializer_range") or 0.02,
             pad_token_id=hf.get("pad_token_id"),
-            bos_token_id=hf_token_ids(hf.get("bos_token_id")),
-            eos_token_id=hf_token_ids(hf.get("eos_token_id")),
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+            bos_token_id=common.hf_token_ids(hf.get("bos_token_id")),
+            eos_token_id=common.hf_token_ids(hf.get("eos_token_id")),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -212,8 +178,8 @@ class LlamaConfig:
             "attention_dropout": self.attention_dropout,
             "initializer_range": self.initializer_range,
             "pad_token_id": self.pad_token_id,
-            "bos_token_id": token_ids_to_hf(self.bos_token_id),
-            "eos_token_id": token_ids_to_hf(self.eos_token_id),
+            "bos_token_id": common.token_ids_to_hf(self.bos_token_id),
+            "eos_token_id": common.token_ids_to_hf(self.eos_token_id),
             **self.rope.to_hf(),
         }
         if self.model_type == "llama":
@@ -257,19 +223,6 @@ def _sliding(
         types = ["full_attention"] * num_layers
     return window, tuple(types)
 
-
-def init_cache(
-    config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None
-) -> dict[str, Any]:
-    """An empty KV cache for `config` (contract: `models/decoder.py`); dtype: config.dtype."""
-    return layers.init_kv_cache(
-        batch_size,
-        max_length,
-        num_layers=config.num_hidden_layers,
-        num_kv_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
-    )
 
 
 class LlamaLayer(nn.Module):
@@ -371,7 +324,7 @@ class LlamaModel(nn.Module):
 
         # Rematerialisation only in calls without a cache (training, scoring).
         policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(LlamaLayer, policy)
+        layer_cls = common.remat_layer(LlamaLayer, policy)
         new_layers = []
         for i in range(cfg.num_hidden_layers):
             x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
@@ -384,11 +337,5 @@ class LlamaModel(nn.Module):
             )
             new_layers.append(layer_cache)
         x = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="final_norm", **kw)(x)  # B T D
-        new_cache = None
-        if cache is not None:
-            t = input_ids.shape[1]
-            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
-        out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
-        if self.with_lm_head:
-            out["logits"] = lm_logits(x, embed, cfg, init, **kw)
-        return out
+        new_cache = next_cache(cache, index, input_ids.shape[1], key_segments, new_layers)
+        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head, **kw)
