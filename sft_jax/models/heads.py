@@ -94,13 +94,8 @@ class SequenceClassifier(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        **encoder_kwargs: Any,
+        self, input_ids: Array, attention_mask: Array | None = None,
+        token_type_ids: Array | None = None, *, deterministic: bool = True, **encoder_kwargs: Any,
     ) -> dict[str, Array]:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")

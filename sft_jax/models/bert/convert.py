@@ -21,19 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sft_jax.hf.tables import (
-    Entry,
-    Params,
-    detect_prefix,
-    has_all,
-    layer_norm,
-    linear,
-    log_unused,
-    put,
-    same,
-    take,
-    to_numpy,
-)
+from sft_jax.hf import tables
+from sft_jax.hf.tables import Entry, layer_norm, linear, same
 from sft_jax.models.bert.model import BertConfig
 from sft_jax.models.family import AdapterTable
 
@@ -113,7 +102,7 @@ def params_from_hf(
     prefix: str | None = None,
     with_head: bool = False,
     where: str = "checkpoint",
-) -> Params:
+) -> tables.Params:
     """Numpy params for our module from an HF state dict (cast to `config.param_dtype`).
 
     `prefix=None` detects 'bert.' / 'roberta.' / ''. Without `with_head` the tree is a
@@ -126,28 +115,28 @@ def params_from_hf(
     heads = _HEADS[config.model_type]
     if prefix is None:
         prefixes = (heads.prefix, *(h.prefix for h in _HEADS.values()), "")
-        prefix = detect_prefix(
+        prefix = tables.detect_prefix(
             state, "embeddings.word_embeddings.weight", prefixes, where=where,
             what=config.model_type, shown="",
         )
     dtype = np.dtype(config.param_dtype)
     entries = _entries(config)
-    encoder = take(state, entries, prefix, dtype, where=where)
+    encoder = tables.take(state, entries, prefix, dtype, where=where)
     pooler = _pooler_entries(config)
     head_pooler = _pooler_entries(config, heads.pooler)
-    if has_all(state, prefix, pooler):
-        encoder.update(take(state, pooler, prefix, dtype, where=where))
-    elif with_head and has_all(state, heads.pooler_prefix, head_pooler):
-        encoder.update(take(state, head_pooler, heads.pooler_prefix, dtype, where=where))
+    if tables.has_all(state, prefix, pooler):
+        encoder.update(tables.take(state, pooler, prefix, dtype, where=where))
+    elif with_head and tables.has_all(state, heads.pooler_prefix, head_pooler):
+        encoder.update(tables.take(state, head_pooler, heads.pooler_prefix, dtype, where=where))
     known = {prefix + e.hf_name for e in entries + pooler}
-    log_unused({k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}, known,
-               _IGNORED_SUFFIXES)
+    weights = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIXES)}
+    tables.log_unused(weights, known, _IGNORED_SUFFIXES)
     if not with_head:
         return encoder
-    params: Params = {"encoder": encoder}
+    params: tables.Params = {"encoder": encoder}
     if f"{heads.classifier}.weight" in state:
         num_labels = state[f"{heads.classifier}.weight"].shape[0]
-        params["classifier"] = take(
+        params["classifier"] = tables.take(
             state, _classifier_entries(config, num_labels, heads.classifier), "", dtype,
             where=where,
         )
@@ -158,7 +147,7 @@ def params_from_hf(
 
 
 def params_to_hf(
-    params: Params, config: BertConfig, *, prefix: str = "", base_model: bool = False
+    params: tables.Params, config: BertConfig, *, prefix: str = "", base_model: bool = False
 ) -> dict[str, np.ndarray]:
     """HF `BertModel` / `RobertaModel` state dict (float32, contiguous) from encoder params.
 
@@ -167,24 +156,24 @@ def params_to_hf(
     model is the only one without a head, so `base_model` changes nothing.
     """
     del base_model
-    params = to_numpy(params)
+    params = tables.to_numpy(params)
     out: dict[str, np.ndarray] = {}
-    put(params, _entries(config), prefix, out)
+    tables.put(params, _entries(config), prefix, out)
     if "pooler" in params:
-        put(params, _pooler_entries(config), prefix, out)
+        tables.put(params, _pooler_entries(config), prefix, out)
     return out
 
 
-def classifier_to_hf(params: Params, config: BertConfig) -> dict[str, np.ndarray]:
+def classifier_to_hf(params: tables.Params, config: BertConfig) -> dict[str, np.ndarray]:
     """HF `BertForSequenceClassification` / `RobertaForSequenceClassification` state dict
     from `SequenceClassifier` params (pooling 'pooler')."""
-    params = to_numpy(params)
+    params = tables.to_numpy(params)
     out: dict[str, np.ndarray] = {}
     for table in adapter_tables(config, params["classifier"]["kernel"].shape[-1]):
         node = params
         for key in table.ours:
             node = node[key]
-        put(node, table.entries, table.hf_prefix, out)
+        tables.put(node, table.entries, table.hf_prefix, out)
     return out
 
 
