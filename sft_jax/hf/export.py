@@ -1,32 +1,28 @@
 """Export our params to a Hugging Face model directory (safetensors + config + tokenizer).
 
 Everything model-specific comes from the family (`sft_jax/models/family.py`): its kind,
-Hugging Face pooling, class names (`architectures`) and converter. What is written, by
-case:
+Hugging Face pooling, class names (`architectures[model_type]`) and converter. What is
+written, by case:
 
-- encoder only: `BertModel` / `RobertaModel` (architectures accordingly).
-- decoder LM (Llama, Mistral, Qwen2, GPT-2 params): `LlamaForCausalLM` / ... /
-  `GPT2LMHeadModel`; `AutoModelForCausalLM.from_pretrained(dir)` reproduces our logits.
-  Tied embeddings are written once (transformers ties the head on load).
-- classifier with the family's Hugging Face pooling ('pooler' for BERT, 'last' for
-  decoders): `BertForSequenceClassification` / `RobertaForSequenceClassification` /
-  `LlamaForSequenceClassification` / ... / `GPT2ForSequenceClassification`, with
-  `id2label` / `label2id`; `AutoModelForSequenceClassification.from_pretrained(dir)`
-  reproduces our logits. Decoder classifiers pool the last token that is not
-  `pad_token_id` in HF (ours: the last with attention_mask 1), so `pad_token_id` is set
-  (from the tokenizer if the config has none) and a warning is logged if there is none.
-- classifier with another pooling ('cls' / 'mean', or 'last' on BERT): no Hugging Face
-  class computes that head, so the backbone is exported as `BertModel` / `RobertaModel` /
-  `LlamaModel` / ... / `GPT2Model` (loadable by any HF code) and the head goes beside it,
-  in `sft_jax_head.safetensors` (`kernel` [D, C], `bias` [C] if any) and
-  `sft_jax_head.json` (pooling, num_labels, id2label). A warning is logged. We choose not
-  to raise: a fine-tuned model is worth exporting, and `sft_jax.load_pretrained` reads
-  the head back.
-- encoder-decoder (T5, mT5, BART, Marian): the family converter's `params_to_hf` state
-  dict as `T5ForConditionalGeneration` / `MT5ForConditionalGeneration` / ... (the
-  family's `architectures[model_type].seq2seq`), and a `generation_config.json` with the
-  config's special token ids (decoder start, eos, pad, ...) and any legacy generation
-  settings it carries;
+- encoder only: the `base` class (e.g. `BertModel`).
+- decoder LM: the `causal_lm` class; `AutoModelForCausalLM.from_pretrained(dir)`
+  reproduces our logits. Tied embeddings are written once (transformers ties the head on
+  load).
+- classifier with the family's Hugging Face pooling (`hf_pooling`): the
+  `sequence_classification` class, with `id2label` / `label2id`;
+  `AutoModelForSequenceClassification.from_pretrained(dir)` reproduces our logits.
+  Decoder classifiers pool the last token that is not `pad_token_id` in HF (ours: the
+  last with attention_mask 1), so `pad_token_id` is set (from the tokenizer if the config
+  has none) and a warning is logged if there is none.
+- classifier with another pooling ('cls' / 'mean', or 'last' on an encoder): no Hugging
+  Face class computes that head, so the backbone is exported as the `base` class
+  (loadable by any HF code) and the head goes beside it, in `sft_jax_head.safetensors`
+  (`kernel` [D, C], `bias` [C] if any) and `sft_jax_head.json` (pooling, num_labels,
+  id2label). A warning is logged. We choose not to raise: a fine-tuned model is worth
+  exporting, and `sft_jax.load_pretrained` reads the head back.
+- encoder-decoder: the family converter's `params_to_hf` state dict as the `seq2seq`
+  class, and a `generation_config.json` with the config's special token ids (decoder
+  start, eos, pad, ...) and any legacy generation settings it carries;
   `AutoModelForSeq2SeqLM.from_pretrained(dir)` reproduces our logits.
 """
 
