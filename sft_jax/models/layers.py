@@ -354,10 +354,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             if cache_index is None:
                 raise ValueError("kv_cache needs cache_index")
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start)
-            kv_cache = {"k": k, "v": v}  # B S K H
+            kv_cache = write_kv_cache(kv_cache, k, v, cache_index)
+            k, v = kv_cache["k"], kv_cache["v"]  # B S K H
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -444,6 +442,18 @@ def init_kv_cache(
         "layers": [
             {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)
         ],
+    }
+
+
+def write_kv_cache(
+    kv_cache: dict[str, Array], k: Array, v: Array, cache_index: Array
+) -> dict[str, Array]:
+    """One layer's cache {'k', 'v'} [B, S, K, H] with the T new keys/values k, v
+    [B, T, K, H] written at slots [cache_index, cache_index + T), in the cache's dtype."""
+    start = (0, cache_index, 0, 0)
+    return {
+        "k": jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start),
+        "v": jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start),
     }
 
 

@@ -357,10 +357,8 @@ class T5Attention(nn.Module):
         v = _dense(cfg, (n, h), qkv_axes, d**-0.5, "value")(inputs_kv)  # B S N H
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         if kv_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start)
-            kv_cache = {"k": k, "v": v}  # B S N H
+            kv_cache = layers.write_kv_cache(kv_cache, k, v, cache_index)
+            k, v = kv_cache["k"], kv_cache["v"]  # B S N H
         dropout_rng = None
         if not deterministic and cfg.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
