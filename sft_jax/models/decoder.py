@@ -42,13 +42,13 @@ unpadded sequence. The caller keeps index + T <= max_length (beyond it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sft_jax.models import axes, layers
+from sft_jax.models import axes, common, layers
 
 Array = jax.Array
 
@@ -165,3 +165,81 @@ def decoder_outputs(
     if with_lm_head:
         out["logits"] = lm_logits(x, embed, cfg, init, dtype=dtype, param_dtype=param_dtype)
     return out
+
+
+class DecoderLM(nn.Module):
+    """Base of the decoder-only families' causal LMs: the call contract above, over the
+    family's layers. Parameters: `embed` (the token table, [V, D]), `layer_{i}`,
+    `final_norm`, and `lm_head` when untied (none with `with_lm_head=False`).
+
+    A family's module sets `layer_cls`: a layer called positionally (remat) as
+    `layer(x, mask, *layer_args, layer_cache, cache_index, deterministic) -> (x, cache)`,
+    and implements `embed_inputs` and `final_norm`; `layer_window` (the sliding window of
+    a layer, default none), `layer_kwargs` (extra layer fields) and `materialize_cotangent`
+    (`layers.materialize_cotangent` before each layer) are optional. The config provides
+    `vocab_size`, `hidden_size`, `num_hidden_layers`, `initializer_range`,
+    `tie_word_embeddings`, `remat_policy` and the dtypes.
+    """
+
+    config: Any
+    with_lm_head: bool = True
+    is_decoder: ClassVar[bool] = True
+    layer_cls: ClassVar[type[nn.Module]]
+    materialize_cotangent: ClassVar[bool] = False
+
+    def embed_inputs(
+        self, x: Array, positions: Array, *, init: layers.Initializer, deterministic: bool,
+        dtype: Any, param_dtype: Any,
+    ) -> tuple[Array, tuple[Any, ...]]:
+        """(the first layer's input [B, T, D] from the token embeddings x [B, T, D], the
+        family's extra layer arguments)."""
+        raise NotImplementedError
+
+    def final_norm(self, *, dtype: Any, param_dtype: Any) -> nn.Module:
+        """The norm after the last layer, named 'final_norm'."""
+        raise NotImplementedError
+
+    def layer_window(self, layer: int) -> int | None:
+        return None
+
+    def layer_kwargs(self, layer: int) -> dict[str, Any]:
+        return {}
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,  # B T
+        *,
+        positions: Array | None = None,  # B T
+        segment_ids: Array | None = None,  # B T
+        cache: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        init = nn.initializers.normal(cfg.initializer_range)
+        windows = [self.layer_window(i) for i in range(cfg.num_hidden_layers)]
+        positions, segment_ids, masks, index, key_segments = decoder_inputs(
+            input_ids, positions, segment_ids, cache, set(windows)
+        )
+        embed = layers.embed(
+            cfg.vocab_size, cfg.hidden_size, row_axis=axes.VOCAB, init=init, name="embed", **kw
+        )
+        x, layer_args = self.embed_inputs(
+            embed(input_ids), positions, init=init, deterministic=deterministic, **kw
+        )  # B T D
+        # Rematerialisation only in calls without a cache (training, scoring).
+        policy = cfg.remat_policy if cache is None else "none"
+        layer_cls = common.remat_layer(self.layer_cls, policy)
+        new_layers = []
+        for i in range(cfg.num_hidden_layers):
+            if self.materialize_cotangent:
+                x = layers.materialize_cotangent(x)
+            layer = layer_cls(cfg, **self.layer_kwargs(i), name=f"layer_{i}")
+            layer_cache = None if cache is None else cache["layers"][i]
+            x, layer_cache = layer(x, masks[windows[i]], *layer_args, layer_cache, index,
+                                   deterministic)
+            new_layers.append(layer_cache)
+        x = self.final_norm(**kw)(x)  # B T D
+        new_cache = next_cache(cache, index, input_ids.shape[1], key_segments, new_layers)
+        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head, **kw)

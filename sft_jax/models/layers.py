@@ -445,6 +445,24 @@ def init_kv_cache(
     }
 
 
+def attend(
+    attention: Attention,
+    x: Array,  # B T D
+    mask: Array | None,
+    kv_cache: dict[str, Array] | None,
+    cache_index: Array | None,
+    deterministic: bool,
+    **kwargs: Any,
+) -> tuple[Array, dict[str, Array] | None]:
+    """`attention` self-attending over `x`, always as (output [B, T, D], updated layer
+    cache or None): the one shape of a decoder layer's call with or without a cache."""
+    out = attention(
+        x, mask=mask, kv_cache=kv_cache, cache_index=cache_index, deterministic=deterministic,
+        **kwargs,
+    )
+    return out if kv_cache is not None else (out, None)
+
+
 def write_kv_cache(
     kv_cache: dict[str, Array], k: Array, v: Array, cache_index: Array
 ) -> dict[str, Array]:

@@ -316,15 +316,10 @@ class DecoderLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout)
         norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **_kw(cfg))
         heads = cfg.decoder_attention_heads
-        h = _attention(cfg, heads, "self_attention")(
-            x,
-            mask=self_mask,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
+        h, kv_cache = layers.attend(
+            _attention(cfg, heads, "self_attention"), x, self_mask, kv_cache, cache_index,
+            deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
         x = norm(name="self_attention_norm")(x + drop(h, deterministic=deterministic))
         h = _attention(cfg, heads, "cross_attention")(
             x, encoded, mask=cross_mask, deterministic=deterministic

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, layers
-from sft_jax.models.decoder import decoder_inputs, decoder_outputs, next_cache
+from sft_jax.models.decoder import DecoderLM
 
 Array = jax.Array
 
@@ -140,7 +140,7 @@ class Gpt2Layer(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_index + 1)
         norm = lambda name: layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name=name, **kw)
-        h = layers.Attention(
+        attention = layers.Attention(
             num_heads=cfg.n_head,
             head_dim=cfg.head_dim,
             dropout_rate=cfg.attn_pdrop,
@@ -148,15 +148,10 @@ class Gpt2Layer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
-        )(
-            norm("attention_norm")(x),
-            mask=mask,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
+        h, kv_cache = layers.attend(
+            attention, norm("attention_norm")(x), mask, kv_cache, cache_index, deterministic
+        )
         x = x + nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
         h = layers.Mlp(
             hidden_dim=cfg.intermediate_size,
@@ -169,50 +164,28 @@ class Gpt2Layer(nn.Module):
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
 
 
-class Gpt2Model(nn.Module):
-    """GPT-2 causal LM (call contract: `models/decoder.py`)."""
+class Gpt2Model(DecoderLM):
+    """GPT-2 causal LM (call contract: `models/decoder.py`): token + learned position
+    embeddings, dropout, the layers, a final LayerNorm."""
 
     config: Gpt2Config
-    with_lm_head: bool = True
-    is_decoder: ClassVar[bool] = True
+    layer_cls = Gpt2Layer
+    materialize_cotangent = True
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,  # B T
-        *,
-        positions: Array | None = None,  # B T
-        segment_ids: Array | None = None,  # B T
-        cache: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
-    ) -> dict[str, Any]:
+    def embed_inputs(self, x, positions, *, init, deterministic, dtype, param_dtype):
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-        init = nn.initializers.normal(cfg.initializer_range)
-        positions, segment_ids, masks, index, key_segments = decoder_inputs(
-            input_ids, positions, segment_ids, cache, {None}
-        )
-        embed = layers.embed(
-            cfg.vocab_size, cfg.n_embd, row_axis=axes.VOCAB, init=init, name="embed", **kw
-        )
         position = layers.embed(
-            cfg.n_positions, cfg.n_embd, row_axis=axes.POSITION, init=init, name="position", **kw
+            cfg.n_positions, cfg.n_embd, row_axis=axes.POSITION, init=init, name="position",
+            dtype=dtype, param_dtype=param_dtype,
         )
-        x = embed(input_ids) + position(positions)  # B T D
-        x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
-        policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = common.remat_layer(Gpt2Layer, policy)
-        new_layers = []
-        for i in range(cfg.n_layer):
-            x = layers.materialize_cotangent(x)
-            x, layer_cache = layer_cls(cfg, i, name=f"layer_{i}")(
-                x,
-                masks[None],
-                None if cache is None else cache["layers"][i],
-                index,
-                deterministic,
-            )
-            new_layers.append(layer_cache)
-        x = layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
-        new_cache = next_cache(cache, index, input_ids.shape[1], key_segments, new_layers)
-        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head, **kw)
+        x = x + position(positions)  # B T D
+        return nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic), ()
+
+    def final_norm(self, *, dtype, param_dtype):
+        return layers.layer_norm(
+            epsilon=self.config.layer_norm_epsilon, name="final_norm", dtype=dtype,
+            param_dtype=param_dtype,
+        )
+
+    def layer_kwargs(self, layer: int) -> dict[str, Any]:
+        return {"layer_index": layer}

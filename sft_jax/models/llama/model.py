@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, layers
-from sft_jax.models.decoder import decoder_inputs, decoder_outputs, next_cache
+from sft_jax.models.decoder import DecoderLM
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
@@ -245,7 +245,7 @@ class LlamaLayer(nn.Module):
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
         init = nn.initializers.normal(cfg.initializer_range)
         h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="attention_norm", **kw)(x)
-        h = layers.Attention(
+        attention = layers.Attention(
             num_heads=cfg.num_attention_heads,
             head_dim=cfg.head_dim,
             num_kv_heads=cfg.num_key_value_heads,
@@ -255,16 +255,10 @@ class LlamaLayer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
-        )(
-            h,
-            mask=mask,
-            qk_transform=qk_transform,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
+        h, kv_cache = layers.attend(
+            attention, h, mask, kv_cache, cache_index, deterministic, qk_transform=qk_transform
+        )
         x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
         h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="mlp_norm", **kw)(x)
         h = layers.Mlp(
@@ -280,8 +274,9 @@ class LlamaLayer(nn.Module):
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
 
 
-class LlamaModel(nn.Module):
-    """Llama / Mistral / Qwen2 causal LM (call contract: `models/decoder.py`).
+class LlamaModel(DecoderLM):
+    """Llama / Mistral / Qwen2 causal LM (call contract: `models/decoder.py`): token
+    embeddings, the layers (RoPE on queries and keys), a final RMSNorm.
 
     Attributes:
       config: the architecture.
@@ -290,31 +285,10 @@ class LlamaModel(nn.Module):
     """
 
     config: LlamaConfig
-    with_lm_head: bool = True
-    is_decoder: ClassVar[bool] = True
+    layer_cls = LlamaLayer
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,  # B T
-        *,
-        positions: Array | None = None,  # B T
-        segment_ids: Array | None = None,  # B T
-        cache: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
-    ) -> dict[str, Any]:
-        cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-        init = nn.initializers.normal(cfg.initializer_range)
-        windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
-        positions, segment_ids, masks, index, key_segments = decoder_inputs(
-            input_ids, positions, segment_ids, cache, set(windows)
-        )
-        embed = layers.embed(
-            cfg.vocab_size, cfg.hidden_size, row_axis=axes.VOCAB, init=init, name="embed", **kw
-        )
-        x = embed(input_ids)  # B T D
-        inv_freq, scaling = inverse_frequencies(cfg.rope, cfg.head_dim)
+    def embed_inputs(self, x, positions, *, init, deterministic, dtype, param_dtype):
+        inv_freq, scaling = inverse_frequencies(self.config.rope, self.config.head_dim)
 
         def rotate(q: Array, k: Array) -> tuple[Array, Array]:
             return (
@@ -322,20 +296,13 @@ class LlamaModel(nn.Module):
                 apply_rope(k, positions, inv_freq, scaling),
             )
 
-        # Rematerialisation only in calls without a cache (training, scoring).
-        policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = common.remat_layer(LlamaLayer, policy)
-        new_layers = []
-        for i in range(cfg.num_hidden_layers):
-            x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
-                x,
-                masks[windows[i]],
-                rotate,
-                None if cache is None else cache["layers"][i],
-                index,
-                deterministic,
-            )
-            new_layers.append(layer_cache)
-        x = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="final_norm", **kw)(x)  # B T D
-        new_cache = next_cache(cache, index, input_ids.shape[1], key_segments, new_layers)
-        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head, **kw)
+        return x, (rotate,)
+
+    def final_norm(self, *, dtype, param_dtype):
+        return layers.rms_norm(
+            epsilon=self.config.rms_norm_eps, name="final_norm", dtype=dtype,
+            param_dtype=param_dtype,
+        )
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.config.window(layer)
