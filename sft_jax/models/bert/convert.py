@@ -1,9 +1,9 @@
 """BERT / RoBERTa: Hugging Face weight names <-> our parameter tree, both ways.
 
 One table (`_entries`, rows of the shared engine `sft_jax/hf/tables.py`) lists every
-tensor: our path, the HF name (without the `bert.` /
-`roberta.` prefix), the HF shape and how to reshape. PyTorch `Linear` stores
-`weight [out, in]`; our kernels are `[in, out]` with heads split out:
+tensor: our path, the HF name (without the `bert.` / `roberta.` prefix), the HF shape and
+how to reshape. PyTorch `Linear` stores `weight [out, in]`; our kernels are `[in, out]`
+with heads split out:
 
     query/key/value  HF weight [N*H, D]  -> kernel [D, N, H]; bias [N*H] -> [N, H]
     attention out    HF weight [D, N*H]  -> kernel [N, H, D]
