@@ -101,6 +101,7 @@ class JaxSide:
                     remat: str = "none", export_dir: str | None = None,
                     highest_precision: bool = False) -> dict:
         from sft_jax.hf import export
+        from sft_jax.models import layers
 
         if highest_precision:
             self.jax.config.update("jax_default_matmul_precision", "highest")
@@ -121,7 +122,7 @@ class JaxSide:
         self.run = {"kind": "train", "step": compiled, "state": state, "rng": rng,
                     "batches": device_batches, "i": 0}
         return {"setup_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2,
-                "params": int(sum(np.prod(x.shape) for x in self.jax.tree.leaves(state.params))),
+                "params": layers.count_params(state.params),
                 "matmul_params": n_matmul, "memory": _xla_memory(compiled),
                 "real_tokens": [bm.real_tokens(b) for b in batches]}
 

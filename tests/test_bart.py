@@ -18,9 +18,9 @@ import torch
 import transformers
 
 from sft_jax.errors import UserInputError
-from sft_jax.hf import bart as hf_bart
 from sft_jax.hf import export
 from sft_jax.models import bart, layers
+from sft_jax.models.bart import convert as hf_bart
 
 _COMMON = {
     "d_model": 32,

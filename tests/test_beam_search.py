@@ -15,8 +15,8 @@ from conftest import LLAMA
 
 from sft_jax import generation
 from sft_jax.errors import UserInputError
-from sft_jax.hf import llama as hf_llama
 from sft_jax.models import llama
+from sft_jax.models.llama import convert as hf_llama
 
 N_NEW = 12
 # Tokens the model often picks (so hypotheses end at different lengths) serve as EOS.

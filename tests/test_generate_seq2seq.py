@@ -17,9 +17,9 @@ import transformers
 
 from sft_jax import generation
 from sft_jax.errors import UserInputError
-from sft_jax.hf import bart as hf_bart
-from sft_jax.hf import t5 as hf_t5
 from sft_jax.models import bart, t5
+from sft_jax.models.bart import convert as hf_bart
+from sft_jax.models.t5 import convert as hf_t5
 
 V, N_NEW = 64, 10
 _BART = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,

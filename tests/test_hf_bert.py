@@ -15,10 +15,10 @@ from safetensors.numpy import load_file, save_file
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
-from sft_jax.hf import bert as hf_bert
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
 from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
 from sft_jax.models import BertConfig, registry
+from sft_jax.models.bert import convert as hf_bert
 
 TINY = {
     "vocab_size": 99,

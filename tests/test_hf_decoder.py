@@ -18,11 +18,11 @@ from safetensors.numpy import load_file
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
-from sft_jax.hf import gpt2 as hf_gpt2
-from sft_jax.hf import llama as hf_llama
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
 from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
 from sft_jax.models import Gpt2Config, LlamaConfig, LlamaModel, SequenceClassifier
+from sft_jax.models.gpt2 import convert as hf_gpt2
+from sft_jax.models.llama import convert as hf_llama
 from sft_jax.pretrained import pretrained_params
 
 T = transformers
@@ -311,7 +311,7 @@ def test_missing_and_misshaped_weights(tmp_path, caplog):
     )
     with pytest.raises(UserInputError, match=r"^/c: missing weight model\.embed_tokens\.weight"):
         hf_llama.params_from_hf({"wte.weight": np.zeros(1)}, config, where="/c")
-    with caplog.at_level(logging.WARNING, logger="sft_jax.hf.llama"):
+    with caplog.at_level(logging.WARNING, logger="sft_jax.hf.decoder_tables"):
         params = hf_llama.params_from_hf(
             {k: v for k, v in state.items() if k != "lm_head.weight"}, config, where="/c"
         )

@@ -11,9 +11,9 @@ import torch
 import transformers
 
 from sft_jax import assets, load_pretrained
-from sft_jax.hf import bert as hf_bert
 from sft_jax.hf.checkpoint_dir import load_state_dict
 from sft_jax.hf.export import export_pretrained
+from sft_jax.models.bert import convert as hf_bert
 from sft_jax.pretrained import merge_params, pretrained_params
 
 SENTENCES = [

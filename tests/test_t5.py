@@ -20,10 +20,10 @@ from transformers.models.t5.modeling_t5 import T5Attention as HfT5Attention
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
-from sft_jax.hf import t5 as hf_t5
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
 from sft_jax.hf.export import GENERATION_CONFIG_FILE, export_pretrained
 from sft_jax.models import registry, t5
+from sft_jax.models.t5 import convert as hf_t5
 from sft_jax.pretrained import pretrained_params
 
 V = 64

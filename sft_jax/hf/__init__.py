@@ -1,7 +1,8 @@
-"""Hugging Face interop: local model directories, weight-name converters, export.
+"""Hugging Face interop: local model directories, the tensor-table engine the family
+converters are declared with (`tables.py`, `decoder_tables.py`), export, GGUF import.
 
-Hugging Face weight names appear only here (one converter module per family, e.g.
-`sft_jax.hf.bert`) and in `sft_jax.models.registry`.
+Hugging Face weight and class names appear only in the family packages
+(`sft_jax/models/<family>/`); nothing here names a model_type.
 """
 
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config

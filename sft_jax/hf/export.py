@@ -1,35 +1,33 @@
 """Export our params to a Hugging Face model directory (safetensors + config + tokenizer).
 
-What is written, by case:
+Everything model-specific comes from the family (`sft_jax/models/family.py`): its kind,
+Hugging Face pooling, class names (`architectures[model_type]`) and converter. What is
+written, by case:
 
-- encoder only: `BertModel` / `RobertaModel` (architectures accordingly).
-- decoder LM (Llama, Mistral, Qwen2, GPT-2 params): `LlamaForCausalLM` / ... /
-  `GPT2LMHeadModel`; `AutoModelForCausalLM.from_pretrained(dir)` reproduces our logits.
-  Tied embeddings are written once (transformers ties the head on load).
-- classifier with the family's Hugging Face pooling ('pooler' for BERT, 'last' for
-  decoders): `BertForSequenceClassification` / `RobertaForSequenceClassification` /
-  `LlamaForSequenceClassification` / ... / `GPT2ForSequenceClassification`, with
-  `id2label` / `label2id`; `AutoModelForSequenceClassification.from_pretrained(dir)`
-  reproduces our logits. Decoder classifiers pool the last token that is not
-  `pad_token_id` in HF (ours: the last with attention_mask 1), so `pad_token_id` is set
-  (from the tokenizer if the config has none) and a warning is logged if there is none.
-- classifier with another pooling ('cls' / 'mean', or 'last' on BERT): no Hugging Face
-  class computes that head, so the backbone is exported as `BertModel` / `RobertaModel` /
-  `LlamaModel` / ... / `GPT2Model` (loadable by any HF code) and the head goes beside it,
-  in `sft_jax_head.safetensors` (`kernel` [D, C], `bias` [C] if any) and
-  `sft_jax_head.json` (pooling, num_labels, id2label). A warning is logged. We choose not
-  to raise: a fine-tuned model is worth exporting, and `sft_jax.load_pretrained` reads
-  the head back.
-- encoder-decoder (T5, mT5, BART, Marian): the family converter's `params_to_hf` state
-  dict as `T5ForConditionalGeneration` / `MT5ForConditionalGeneration` / ...
-  (`SEQ2SEQ_ARCHITECTURES`), and a `generation_config.json` with the config's special
-  token ids (decoder start, eos, pad, ...) and any legacy generation settings it carries;
+- encoder only: the `base` class (e.g. `BertModel`).
+- decoder LM: the `causal_lm` class; `AutoModelForCausalLM.from_pretrained(dir)`
+  reproduces our logits. Tied embeddings are written once (transformers ties the head on
+  load).
+- classifier with the family's Hugging Face pooling (`hf_pooling`): the
+  `sequence_classification` class, with `id2label` / `label2id`;
+  `AutoModelForSequenceClassification.from_pretrained(dir)` reproduces our logits.
+  Decoder classifiers pool the last token that is not `pad_token_id` in HF (ours: the
+  last with attention_mask 1), so `pad_token_id` is set (from the tokenizer if the config
+  has none) and a warning is logged if there is none.
+- classifier with another pooling ('cls' / 'mean', or 'last' on an encoder): no Hugging
+  Face class computes that head, so the backbone is exported as the `base` class
+  (loadable by any HF code) and the head goes beside it, in `sft_jax_head.safetensors`
+  (`kernel` [D, C], `bias` [C] if any) and `sft_jax_head.json` (pooling, num_labels,
+  id2label). A warning is logged. We choose not to raise: a fine-tuned model is worth
+  exporting, and `sft_jax.load_pretrained` reads the head back.
+- encoder-decoder: the family converter's `params_to_hf` state dict as the `seq2seq`
+  class, and a `generation_config.json` with the config's special token ids (decoder
+  start, eos, pad, ...) and any legacy generation settings it carries;
   `AutoModelForSeq2SeqLM.from_pretrained(dir)` reproduces our logits.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Mapping
@@ -40,9 +38,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from sft_jax.hf import bert as hf_bert
 from sft_jax.hf.checkpoint_dir import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, save_state_dict
 from sft_jax.models import registry
+from sft_jax.models.family import Family
 from sft_jax.models.heads import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -50,17 +48,6 @@ log = logging.getLogger(__name__)
 HEAD_WEIGHTS_FILE = "sft_jax_head.safetensors"
 HEAD_CONFIG_FILE = "sft_jax_head.json"
 
-_ARCH = {
-    "bert": ("BertModel", "BertForSequenceClassification"),
-    "roberta": ("RobertaModel", "RobertaForSequenceClassification"),
-}
-# Encoder-decoders by model_type: the Hugging Face `...ForConditionalGeneration` class.
-SEQ2SEQ_ARCHITECTURES = {
-    "t5": "T5ForConditionalGeneration",
-    "mt5": "MT5ForConditionalGeneration",
-    "bart": "BartForConditionalGeneration",
-    "marian": "MarianMTModel",
-}
 GENERATION_CONFIG_FILE = "generation_config.json"
 # Config fields copied into generation_config.json (when present and not None): the
 # special token ids, and the legacy generation settings some source configs carry.
@@ -118,10 +105,7 @@ def export_pretrained(
         Hugging Face pooling.
       hf_config: the source `config.json` dict; its extra fields are kept.
     """
-    model_type = module_config.model_type
-    if model_type not in registry.FAMILIES:
-        raise ValueError(f"no exporter for model_type {model_type!r}")
-    family = registry.FAMILIES[model_type]
+    family = registry.family_of(module_config)
     pooling = family.hf_pooling if pooling is None else pooling
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -132,8 +116,9 @@ def export_pretrained(
     config = {k: v for k, v in (hf_config or {}).items() if k not in _DROPPED}
     config.update(module_config.to_hf())
     params = nn.meta.unbox(dict(params))
+    architectures = family.architectures[module_config.model_type]
     if family.kind == "encoder-decoder":
-        return _export_seq2seq(out, config, params, module_config, tokenizer)
+        return _export_seq2seq(out, config, params, module_config, family, tokenizer)
     has_head = "classifier" in params
     labels: dict[str, str] = {}
     if has_head:
@@ -144,10 +129,16 @@ def export_pretrained(
         config["id2label"] = labels
         config["label2id"] = {v: int(k) for k, v in labels.items()}
     native_head = has_head and pooling == family.hf_pooling
-    if family.kind == "encoder":
-        state, arch = _encoder_state(params, module_config, native_head)
+    converter = family.converter
+    if native_head:
+        state = converter.classifier_to_hf(params, module_config)
+        arch = architectures.sequence_classification
+    elif has_head:
+        state = converter.params_to_hf(params["encoder"], module_config, base_model=True)
+        arch = architectures.base
     else:
-        state, arch = _decoder_state(params, module_config, native_head)
+        state = converter.params_to_hf(params, module_config)
+        arch = architectures.causal_lm or architectures.base
     config["architectures"] = [arch]
     if native_head and family.kind == "decoder":
         _set_pad_token(config, tokenizer, out)
@@ -180,15 +171,15 @@ def _export_seq2seq(
     config: dict[str, Any],
     params: Mapping[str, Any],
     module_config: Any,
+    family: Family,
     tokenizer: Any | None,
 ) -> Path:
     """Write an encoder-decoder `...ForConditionalGeneration` directory."""
     model_type = module_config.model_type
     if "classifier" in params:
         raise ValueError(f"{model_type!r} encoder-decoders have no classifier to export")
-    converter = importlib.import_module(registry.FAMILIES[model_type].converter)
-    state = converter.params_to_hf(params, module_config)
-    config["architectures"] = [SEQ2SEQ_ARCHITECTURES[model_type]]
+    state = family.converter.params_to_hf(params, module_config)
+    config["architectures"] = [family.architectures[model_type].seq2seq]
     config["is_encoder_decoder"] = True
     config["dtype"] = "float32"
     save_state_dict(state, out / WEIGHTS_FILE)
@@ -198,28 +189,6 @@ def _export_seq2seq(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
-
-
-def _encoder_state(
-    params: Mapping[str, Any], module_config: Any, native_head: bool
-) -> tuple[dict[str, np.ndarray], str]:
-    encoder_arch, classifier_arch = _ARCH[module_config.model_type]
-    if native_head:
-        return hf_bert.classifier_to_hf(params, module_config), classifier_arch
-    encoder = params["encoder"] if "classifier" in params else params
-    return hf_bert.params_to_hf(encoder, module_config), encoder_arch
-
-
-def _decoder_state(
-    params: Mapping[str, Any], module_config: Any, native_head: bool
-) -> tuple[dict[str, np.ndarray], str]:
-    converter = importlib.import_module(registry.FAMILIES[module_config.model_type].converter)
-    causal_arch, classifier_arch, base_arch = converter.ARCHITECTURES[module_config.model_type]
-    if native_head:
-        return converter.classifier_to_hf(params, module_config), classifier_arch
-    if "classifier" in params:
-        return converter.params_to_hf(params["encoder"], module_config, base_model=True), base_arch
-    return converter.params_to_hf(params, module_config), causal_arch
 
 
 def _set_pad_token(config: dict[str, Any], tokenizer: Any | None, out: Path) -> None:

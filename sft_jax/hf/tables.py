@@ -4,8 +4,10 @@ A family lists its tensors as `Entry` rows: our leaf path(s), the Hugging Face n
 (without the model prefix), the HF shape, and the two reshapes. The engine reads a state
 dict into our nested params (`take`: every tensor present and shape-checked, or one
 `UserInputError` naming it), writes params back (`put`), and builds the common rows:
-`same` (identical storage: norms, embedding tables, Conv1D) and `linear` (a torch
-`Linear`, weight [out, in], <-> our kernel [*in_shape, *out_shape], heads split out).
+`same` (identical storage: norms, embedding tables, Conv1D), `layer_norm` (weight and
+bias) and `linear` (a torch `Linear`, weight [out, in], <-> our kernel
+[*in_shape, *out_shape], heads split out). The reading and writing shared by the
+decoder-only families is `sft_jax/hf/decoder_tables.py`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ log = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 Path = tuple[str, ...]
-
-
 
 
 class Entry:
@@ -84,6 +84,11 @@ def linear(
     return out
 
 
+def layer_norm(path: Path, hf: str, d: int) -> list[Entry]:
+    """A LayerNorm `hf` (weight, bias [D]) <-> our norm scale, bias [D]."""
+    return [same((*path, "scale"), f"{hf}.weight", (d,)), same((*path, "bias"), f"{hf}.bias", (d,))]
+
+
 def has_all(state: Mapping[str, np.ndarray], prefix: str, entries: Sequence[Entry]) -> bool:
     return all(prefix + e.hf_name in state for e in entries)
 
@@ -136,19 +141,35 @@ def put(params: Params, entries: Sequence[Entry], prefix: str, out: dict[str, np
 
 
 def detect_prefix(
-    state: Mapping[str, np.ndarray], probe: str, prefixes: Sequence[str], *, where: str, what: str
+    state: Mapping[str, np.ndarray],
+    probe: str,
+    prefixes: Sequence[str],
+    *,
+    where: str,
+    what: str,
+    shown: str | None = None,
 ) -> str:
-    """The first of `prefixes` under which `probe` exists."""
+    """The first of `prefixes` under which `probe` exists; the error names `probe` under
+    `shown` (default: the first prefix)."""
     for prefix in prefixes:
         if prefix + probe in state:
             return prefix
-    raise UserInputError(f"{where}: missing weight {prefixes[0]}{probe} (not a {what} checkpoint?)")
+    shown = prefixes[0] if shown is None else shown
+    raise UserInputError(f"{where}: missing weight {shown}{probe} (not a {what} checkpoint?)")
 
 
 def log_unused(state: Mapping[str, np.ndarray], known: set[str], ignored: Sequence[str]) -> None:
     unused = [k for k in state if k not in known and not k.endswith(tuple(ignored))]
     if unused:
         log.warning("ignoring %d checkpoint tensors, e.g. %s", len(unused), unused[0])
+
+
+def first_present(state: Mapping[str, np.ndarray], names: Sequence[str], *, where: str) -> str:
+    """The first of `names` in `state`, or one `UserInputError` naming them all."""
+    for name in names:
+        if name in state:
+            return name
+    raise UserInputError(f"{where}: missing weight {names[0]} (nor {', '.join(names[1:])})")
 
 
 def head_entries(hf_name: str, d_in: int, out: int, path: Path) -> list[Entry]:

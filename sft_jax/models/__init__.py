@@ -1,7 +1,9 @@
-"""flax.linen models: shared layers, one file per family, heads and the registry.
+"""flax.linen models: shared layers, one package per family, heads and the registry.
 
-`models/` knows nothing of data, tasks or the training loop, and no Hugging Face weight
-names (those live in `sft_jax/hf/`).
+`models/` knows nothing of data, tasks or the training loop. A family package
+(`models/<family>/`) holds its module and config (`model.py`), its Hugging Face converter
+table (`convert.py`) and its `Family` declaration (`family.py`); `registry.py` lists the
+packages and is the only place mapping a Hugging Face `model_type` to one.
 """
 
 from sft_jax.models import axes, layers, rope

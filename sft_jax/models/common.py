@@ -9,15 +9,17 @@ attention). The parameter tree does not change.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
+from sft_jax.models.layers import ACTIVATIONS
 
 
 def check_model_type_and_fields(
@@ -41,6 +43,16 @@ def check_model_type_and_fields(
     if missing:
         raise UserInputError(f"{where}: missing field(s) {', '.join(missing)}")
     return model_type
+
+
+def check_activation(act: Any, *, key: str, where: str) -> str:
+    """`act` (the HF config's `key`) if it names one of `layers.ACTIVATIONS`."""
+    if act not in ACTIVATIONS:
+        raise UserInputError(
+            f"{where}: {key} {act!r} is not supported "
+            f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+        )
+    return act
 
 
 REMAT_POLICIES = ("none", "full", "dots")
@@ -94,3 +106,64 @@ def hf_token_ids(value: Any) -> int | tuple[int, ...] | None:
 def token_ids_to_hf(value: Any) -> Any:
     """Inverse of `hf_token_ids` (a tuple goes back to a JSON list)."""
     return list(value) if isinstance(value, tuple) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class HfChecks:
+    """What `ModelConfig.from_hf` checks first: the model_type (`default` when absent) is
+    one of `supported` (a `family` description names them in the error), and no `required`
+    field is missing."""
+
+    default: str
+    supported: tuple[str, ...]
+    family: str
+    required: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Base of every family config: our dtype names ('float32', 'bfloat16'; `dtype` for
+    activations and matmuls, `param_dtype` for storage) and `remat_policy` (see the module
+    docstring), keyword-only after the family's own fields, and `from_hf`.
+
+    A family sets `hf_checks` (an `HfChecks`) and implements
+    `fields_from_hf(hf, model_type, *, where) -> dict` (its own fields, checked, one
+    `UserInputError` naming `where` for a bad one).
+    """
+
+    hf_checks: ClassVar[HfChecks]
+    _: dataclasses.KW_ONLY
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self) -> None:
+        check_remat_policy(self.remat_policy)
+
+    @classmethod
+    def fields_from_hf(
+        cls, hf: Mapping[str, Any], model_type: str, *, where: str
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_hf(
+        cls,
+        hf: Mapping[str, Any],
+        *,
+        dtype: Any = "float32",
+        param_dtype: Any = "float32",
+        where: str = "config.json",
+    ) -> Any:
+        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
+        checks = cls.hf_checks
+        model_type = check_model_type_and_fields(
+            hf, default=checks.default, supported=checks.supported, family=checks.family,
+            required=checks.required, where=where,
+        )
+        return cls(
+            **cls.fields_from_hf(hf, model_type, where=where),
+            model_type=model_type,
+            dtype=canonical_dtype(dtype),
+            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+        )

@@ -14,7 +14,7 @@ dropout and a linear layer:
   (which find that token by `pad_token_id` instead of a mask).
 
 Decoder encoders (modules with `is_decoder = True`, e.g. `LlamaModel`) are built without
-their LM head and called with the decoder batch contract (`llama.py`): `segment_ids`
+their LM head and called with the decoder batch contract (`decoder.py`): `segment_ids`
 default to the attention_mask and `positions` restart at 0 with each segment
 (`layers.positions_from_segments`), so left-padded rows count real tokens from 0;
 `token_type_ids` are ignored. Both can be passed explicitly as keyword arguments.
@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 
 from sft_jax.models import axes, layers
-from sft_jax.models.bert import BertModel
 
 Array = jax.Array
 
@@ -70,7 +69,8 @@ class SequenceClassifier(nn.Module):
       classifier_dropout: dropout before the classifier; None -> `config.classifier_dropout`
         or, if that is None too, `config.hidden_dropout_prob` (as Hugging Face does).
       encoder_cls: the encoder module class, called as `encoder_cls(config, name='encoder')`
-        (decoders: `encoder_cls(config, with_lm_head=False, name='encoder')`).
+        (decoders: `encoder_cls(config, with_lm_head=False, name='encoder')`); None: the
+        module of the config's family (`registry.family_of(config).module_cls`).
       classifier_bias: whether the classifier has a bias (HF decoders' `score` has none).
 
     Call: `(input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True)` ->
@@ -82,7 +82,7 @@ class SequenceClassifier(nn.Module):
     num_labels: int
     pooling: str = "pooler"
     classifier_dropout: float | None = None
-    encoder_cls: type[nn.Module] = BertModel
+    encoder_cls: type[nn.Module] | None = None
     classifier_bias: bool = True
 
     @property
@@ -94,19 +94,19 @@ class SequenceClassifier(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        **encoder_kwargs: Any,
+        self, input_ids: Array, attention_mask: Array | None = None,
+        token_type_ids: Array | None = None, *, deterministic: bool = True, **encoder_kwargs: Any,
     ) -> dict[str, Array]:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r} is not one of {POOLINGS}")
         cfg = self.config
+        encoder_cls = self.encoder_cls
+        if encoder_cls is None:
+            from sft_jax.models import registry  # the registry builds classifiers itself
+
+            encoder_cls = registry.family_of(cfg).module_cls
         token_mask = attention_mask
-        if getattr(self.encoder_cls, "is_decoder", False):
+        if getattr(encoder_cls, "is_decoder", False):
             if self.pooling == "pooler":
                 raise ValueError("pooling 'pooler' needs an encoder with a pooler")
             segment_ids = encoder_kwargs.pop("segment_ids", None)
@@ -119,7 +119,7 @@ class SequenceClassifier(nn.Module):
             positions = encoder_kwargs.pop("positions", None)
             if positions is None:
                 positions = layers.positions_from_segments(segment_ids)
-            out = self.encoder_cls(cfg, with_lm_head=False, name="encoder")(
+            out = encoder_cls(cfg, with_lm_head=False, name="encoder")(
                 input_ids,
                 positions=positions,
                 segment_ids=segment_ids,
@@ -129,7 +129,7 @@ class SequenceClassifier(nn.Module):
             hidden = out["hidden_states"]  # B T D
             token_mask = (segment_ids != 0).astype(jnp.int32)  # B T
         else:
-            out = self.encoder_cls(cfg, name="encoder")(
+            out = encoder_cls(cfg, name="encoder")(
                 input_ids,
                 attention_mask,
                 token_type_ids,

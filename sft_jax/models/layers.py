@@ -16,9 +16,10 @@ Masks are boolean, True = may attend, shaped to broadcast against the attention 
 (padding), a decoder (causal + padding) and a packed batch (segment ids) all feed the same
 `Attention`. An additive `bias` (e.g. T5 relative positions) goes in separately.
 
-Decoders (`llama.py`, `gpt2.py`) build their mask with `decoder_mask` from segment ids and
-slots, and keep keys/values in an explicit KV cache (`init_kv_cache`, passed to
-`Attention(kv_cache=..., cache_index=...)`); the cache contract is documented in `llama.py`.
+Decoders build their mask with `decoder_mask` from segment ids and slots, and keep
+keys/values in an explicit KV cache (`init_kv_cache`, passed to
+`Attention(kv_cache=..., cache_index=...)`); the cache contract is documented in
+`decoder.py`.
 """
 
 from __future__ import annotations
@@ -353,10 +354,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             if cache_index is None:
                 raise ValueError("kv_cache needs cache_index")
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start)
-            kv_cache = {"k": k, "v": v}  # B S K H
+            kv_cache = write_kv_cache(kv_cache, k, v, cache_index)
+            k, v = kv_cache["k"], kv_cache["v"]  # B S K H
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -431,7 +430,7 @@ def init_kv_cache(
     head_dim: int,
     dtype: Dtype = jnp.float32,
 ) -> dict[str, Any]:
-    """An empty decoder KV cache (the contract is documented in `sft_jax/models/llama.py`):
+    """An empty decoder KV cache (the contract is documented in `sft_jax/models/decoder.py`):
 
     {'index': int32 [], 'segment_ids': int32 [B, S],
      'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   (S = max_length)
@@ -443,6 +442,36 @@ def init_kv_cache(
         "layers": [
             {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)
         ],
+    }
+
+
+def attend(
+    attention: Attention,
+    x: Array,  # B T D
+    mask: Array | None,
+    kv_cache: dict[str, Array] | None,
+    cache_index: Array | None,
+    deterministic: bool,
+    **kwargs: Any,
+) -> tuple[Array, dict[str, Array] | None]:
+    """`attention` self-attending over `x`, always as (output [B, T, D], updated layer
+    cache or None): the one shape of a decoder layer's call with or without a cache."""
+    out = attention(
+        x, mask=mask, kv_cache=kv_cache, cache_index=cache_index, deterministic=deterministic,
+        **kwargs,
+    )
+    return out if kv_cache is not None else (out, None)
+
+
+def write_kv_cache(
+    kv_cache: dict[str, Array], k: Array, v: Array, cache_index: Array
+) -> dict[str, Array]:
+    """One layer's cache {'k', 'v'} [B, S, K, H] with the T new keys/values k, v
+    [B, T, K, H] written at slots [cache_index, cache_index + T), in the cache's dtype."""
+    start = (0, cache_index, 0, 0)
+    return {
+        "k": jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start),
+        "v": jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start),
     }
 
 
@@ -482,10 +511,8 @@ def materialize_cotangent(x: Array) -> Array:  # B T D -> B T D
     2·D FLOPs per element. `jax.lax.optimization_barrier` would state the intent, but
     XLA:CPU removes barriers before fusion. Other backends get `x` unchanged.
 
-    Used where it measured faster: GPT-2, whose profile showed the duplicated chain
-    (`python -m experiments.profile_step --family gpt2`: transposing copies 1.07 s → 0.28 s,
-    step 3.61 s → 2.72 s at 4×128), and T5 (step 1.59 s → 1.48 s). Llama measured slower
-    with it (3.7 s → 4.2 s) and BERT unchanged; BENCHMARKS.md has the details.
+    A family opts in where its profile shows the duplicated chain (GPT-2 and T5 use
+    it; BENCHMARKS.md has the measurements and why Llama and BERT do not).
     """
     if jax.default_backend() != "cpu":
         return x

@@ -1,96 +1,50 @@
-"""Hugging Face `model_type` -> (config class, module class, converter module).
+"""Hugging Face `model_type` -> model family: the one place a family is picked by name.
 
-The one place where a model family is picked by name. To add a family, write
-`models/<family>.py` (a frozen config dataclass with `from_hf`, a flax module) and
-`hf/<family>.py` (`params_from_hf`, `params_to_hf`), then add one `Family` line to
-`FAMILIES`. Converters are named by module path and imported lazily, so `models/` does
-not import `hf/` at import time.
+`FAMILY_PACKAGES` lists the family packages (`sft_jax/models/<family>/`), one line each;
+each exports `FAMILY`, a `Family` (`family.py`: the contract), and `FAMILIES` maps every
+model_type of every family to it. Adding a family = its package + one line here.
 
-Encoders (BERT) and decoders (Llama, Mistral, Qwen2, GPT-2) differ in their batch
-contract (`bert.py`, `llama.py`), in the pooling Hugging Face's `...ForSequence
-Classification` uses (`hf_pooling`: 'pooler' vs 'last') and in whether a KV cache exists
-(`init_cache`).
-
-Encoder-decoders (T5 v1.0 / v1.1 / Flan-T5 and mT5 in `t5.py`, BART and Marian in
-`bart.py`) share one batch contract (`encoder_*` and `decoder_*` ids, segment ids,
-positions; documented in `t5.py`), have a decoder KV cache (`init_cache`) and no
-classification head.
+The batch contracts: encoder (`models/bert`), decoder and its KV cache
+(`models/decoder.py`), encoder-decoder (`models/t5`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 import flax.linen as nn
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import bart, gpt2, llama, t5
-from sft_jax.models.bert import BertConfig, BertModel
+from sft_jax.models.family import Family
 from sft_jax.models.heads import POOLINGS, SequenceClassifier
 
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """How to build and convert one model family."""
-
-    config_cls: type
-    module_cls: type[nn.Module]
-    converter: str  # module path with params_from_hf / params_to_hf
-    kind: str  # 'encoder' | 'decoder' | 'encoder-decoder'
-    hf_pooling: str = "pooler"  # the pooling of HF's ...ForSequenceClassification
-    init_cache: Callable[..., dict[str, Any]] | None = None  # decoders: (config, B, S, dtype)
-    dropout_keys: tuple[str, ...] = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-_LLAMA = Family(
-    llama.LlamaConfig,
-    llama.LlamaModel,
-    "sft_jax.hf.llama",
-    "decoder",
-    "last",
-    llama.init_cache,
-    dropout_keys=("attention_dropout", "hidden_dropout"),
+FAMILY_PACKAGES = (
+    "sft_jax.models.bert",
+    "sft_jax.models.llama",
+    "sft_jax.models.gpt2",
+    "sft_jax.models.t5",
+    "sft_jax.models.bart",
 )
-_T5 = Family(
-    t5.T5Config,
-    t5.T5Model,
-    "sft_jax.hf.t5",
-    "encoder-decoder",
-    init_cache=t5.init_cache,
-    dropout_keys=("dropout_rate",),
-)
-_BART = Family(
-    bart.BartConfig,
-    bart.BartModel,
-    "sft_jax.hf.bart",
-    "encoder-decoder",
-    init_cache=bart.init_cache,
-    dropout_keys=("dropout", "attention_dropout", "activation_dropout"),
-)
-FAMILIES: dict[str, Family] = {
-    "bert": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
-    "roberta": Family(BertConfig, BertModel, "sft_jax.hf.bert", "encoder"),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "gpt2": Family(
-        gpt2.Gpt2Config,
-        gpt2.Gpt2Model,
-        "sft_jax.hf.gpt2",
-        "decoder",
-        "last",
-        gpt2.init_cache,
-        dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
-    ),
-    "t5": _T5,
-    "mt5": _T5,
-    "bart": _BART,
-    "marian": _BART,
-}
+
+
+def _families(packages: tuple[str, ...]) -> dict[str, Family]:
+    out: dict[str, Family] = {}
+    for package in packages:
+        family = importlib.import_module(package).FAMILY
+        for model_type in family.model_types:
+            if model_type in out:
+                raise ValueError(
+                    f"model_type {model_type!r}: in {out[model_type].name} and {family.name}"
+                )
+            out[model_type] = family
+    return out
+
+
+FAMILIES: dict[str, Family] = _families(FAMILY_PACKAGES)
 
 
 def supported_model_types() -> tuple[str, ...]:
@@ -117,28 +71,28 @@ def get_family(hf_config: Mapping[str, Any], *, where: str = "config.json") -> F
 def with_dropout(
     hf_config: Mapping[str, Any], rate: float, *, where: str = "config.json"
 ) -> dict[str, Any]:
-    """A copy of `hf_config` with every dropout rate of its family set to `rate` (the
-    `model.dropout` override): BERT hidden + attention, Llama attention + our residual
-    `hidden_dropout`, GPT-2 residual + embedding + attention, T5 `dropout_rate`, BART and
-    Marian dropout + attention + activation."""
+    """A copy of `hf_config` with every dropout rate of its family (`Family.dropout_keys`)
+    set to `rate` (the `model.dropout` override)."""
     keys = get_family(hf_config, where=where).dropout_keys
     return {**hf_config, **dict.fromkeys(keys, float(rate))}
 
 
 def converter_for(hf_config: Mapping[str, Any], *, where: str = "config.json") -> ModuleType:
-    """The `sft_jax.hf.<family>` module converting this model's weights."""
-    return importlib.import_module(get_family(hf_config, where=where).converter)
+    """The module converting this model's weights (`sft_jax/models/<family>/convert.py`)."""
+    return get_family(hf_config, where=where).converter
 
 
 def family_of(module_config: Any) -> Family:
-    """The family of a built config (`BertConfig`, `LlamaConfig`, ...), by its model_type."""
-    return FAMILIES[module_config.model_type]
+    """The family of a built config (`BertConfig`, `LlamaConfig`, ...), by its model_type;
+    an unknown model_type is a `UserInputError`."""
+    model_type = getattr(module_config, "model_type", None)
+    return get_family({"model_type": model_type}, where=type(module_config).__name__)
 
 
 def init_cache(
     module_config: Any, batch_size: int, max_length: int, dtype: Any = None
 ) -> dict[str, Any]:
-    """An empty KV cache for a decoder config (contract: `sft_jax/models/llama.py`)."""
+    """An empty KV cache for a decoder config (contract: `sft_jax/models/decoder.py`)."""
     family = family_of(module_config)
     if family.init_cache is None:
         raise ValueError(f"model_type {module_config.model_type!r} has no KV cache")

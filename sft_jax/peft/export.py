@@ -10,8 +10,9 @@ run started from, e.g. `BertForSequenceClassification.from_pretrained(model_dir,
 num_labels=C)`) computes what the run's merged export computes. `target_modules` lists
 full module names, so PEFT adapts exactly the kernels the run adapted.
 
-Where each of our kernels lives in the Hugging Face model comes from the converter tables
-in `sft_jax/hf/` (the same tables the weight export writes with). Our kernel seen as a
+Where each of our kernels lives in the Hugging Face model comes from the family's
+converter tables (`Family.converter.adapter_tables`, the same tables the weight export
+writes with). Our kernel seen as a
 matrix [in_features, out_features] is the transpose of an `nn.Linear` weight (or, for
 GPT-2's `Conv1D`, the weight itself: `fan_in_fan_out`); `write_adapter` checks which, on
 a probe, for every target. A module of which anything trains in full is saved whole
@@ -20,14 +21,13 @@ same), for sequence classification widened to the head PEFT saves itself (`class
 `score`). What PEFT cannot express gives a reason instead of a layout (`adapter_layout`
 returns a string): a kernel that is part of a fused tensor (GPT-2's c_attn), a module with
 an adapter that also trains in part (its bias under `peft.bitfit`), a classifier pooling
-without a Hugging Face class, a family without tables. The merged export (`export/`) is
+without a Hugging Face class, an encoder-decoder (no tables yet). The merged export (`export/`) is
 written in every case.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path as FsPath
@@ -69,50 +69,22 @@ class AdapterLayout:
     task_type: str  # SEQ_CLS | CAUSAL_LM
 
 
-def _wrap(entries, ours: Path, hf_prefix: str, shapes) -> list[HfTensor]:
-    out = []
-    for e in entries:
-        paths = tuple((*ours, *p) for p in (getattr(e, "paths", None) or (e.path,)))
-        if all(p in shapes for p in paths):
-            out.append(HfTensor(paths, hf_prefix + e.hf_name, e.to_hf))
-    return out
-
-
 def hf_tensors(module: Any, config: Any, shapes: Mapping[Path, tuple]) -> list[HfTensor] | str:
     """Every tensor of the model the merged export writes, or why there is no table."""
-    model_type = config.model_type
     family = registry.family_of(config)
     num_labels = getattr(module, "num_labels", None)
     pooling = getattr(module, "pooling", None)
     if num_labels is not None and pooling != family.hf_pooling:
         return f"pooling {pooling!r} has no Hugging Face sequence-classification class"
-    conv = importlib.import_module(family.converter)
-    if model_type in ("bert", "roberta"):
-        body, pooler = conv._entries(config), conv._pooler_entries(config)
-        if num_labels is None:
-            return _wrap(body + pooler, (), "", shapes)
-        out = _wrap(body, ("encoder",), f"{model_type}.", shapes)
-        if model_type == "roberta":
-            out += _wrap(conv._pooler_entries(config, "classifier.dense"), ("encoder",), "",
-                         shapes)
-        else:
-            out += _wrap(pooler, ("encoder",), "bert.", shapes)
-        head = conv._classifier_entries(config, num_labels, conv._head_name(config))
-        return out + _wrap(head, (HEAD,), "", shapes)
-    if family.kind == "decoder" and hasattr(conv, "_backbone"):
-        from sft_jax.hf.llama import head_entries
-
-        backbone = conv._backbone(config)
-        if num_labels is None:
-            out = _wrap(backbone, (), conv.PREFIX, shapes)
-            if ("lm_head", "kernel") in shapes:
-                d, vocab = shapes[("lm_head", "kernel")]
-                out += _wrap(head_entries("lm_head", d, vocab, ("lm_head",)), (), "", shapes)
-            return out
-        d = shapes[(HEAD, "kernel")][0]
-        return (_wrap(backbone, ("encoder",), conv.PREFIX, shapes)
-                + _wrap(head_entries("score", d, num_labels, ()), (HEAD,), "", shapes))
-    return f"no Hugging Face adapter layout for model_type {model_type!r}"
+    if family.kind == "encoder-decoder":
+        return f"no Hugging Face adapter layout for model_type {config.model_type!r}"
+    out = []
+    for table in family.converter.adapter_tables(config, num_labels):
+        for e in table.entries:
+            paths = tuple((*table.ours, *p) for p in e.paths)
+            if all(p in shapes for p in paths):
+                out.append(HfTensor(paths, table.hf_prefix + e.hf_name, e.to_hf))
+    return out
 
 
 def adapter_layout(plan: Plan, module: Any, config: Any) -> AdapterLayout | str:

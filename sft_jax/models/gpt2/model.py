@@ -4,10 +4,10 @@ Pre-LayerNorm transformer with learned absolute positions, `gelu_new` MLP and an
 tied to the token embeddings; numerically equal to Hugging Face's `GPT2LMHeadModel` in
 fp32 (tests/test_models_decoder.py). The batch contract (input_ids, positions,
 segment_ids), the call signature and the KV cache contract are those of every decoder, as
-documented in `llama.py`; `init_cache` here builds the same cache for GPT-2 (K = N).
+documented in `models/decoder.py`; `init_cache` here builds the same cache for GPT-2 (K = N).
 Positions index the learned table, so they must stay below `n_positions`.
 
-Parameter tree (our names; `sft_jax/hf/gpt2.py` maps them to Hugging Face, whose Conv1D
+Parameter tree (our names; `convert.py` maps them to Hugging Face, whose Conv1D
 weights are stored [in, out]):
 
     embed/embedding                          V D    ('vocab', 'embed')
@@ -26,23 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    hf_token_ids,
-    remat_layer,
-    token_ids_to_hf,
-)
-from sft_jax.models.decoder import decoder_inputs, lm_logits
+from sft_jax.models import axes, common, layers
+from sft_jax.models.decoder import DecoderLM
 
 Array = jax.Array
 
@@ -50,7 +42,7 @@ _REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head")
 
 
 @dataclasses.dataclass(frozen=True)
-class Gpt2Config:
+class Gpt2Config(common.ModelConfig):
     """Architecture of a GPT-2 decoder (HF field names) plus our dtypes and
     `remat_policy` ('none', 'full', 'dots'; `common.remat_layer`; calls without a cache)."""
 
@@ -73,71 +65,29 @@ class Gpt2Config:
     bos_token_id: int | tuple[int, ...] | None = 50256
     eos_token_id: int | tuple[int, ...] | None = 50256
     model_type: str = "gpt2"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self) -> None:
-        check_remat_policy(self.remat_policy)
 
     # The generic names other code reads (SequenceClassifier, init_cache, the converter).
-    @property
-    def hidden_size(self) -> int:
-        return self.n_embd
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layer
-
-    @property
-    def num_attention_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def num_key_value_heads(self) -> int:
-        return self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def intermediate_size(self) -> int:
-        return self.n_inner or 4 * self.n_embd
-
-    @property
-    def max_position_embeddings(self) -> int:
-        return self.n_positions
-
-    @property
-    def hidden_dropout_prob(self) -> float:
-        return self.resid_pdrop
+    hidden_size = property(lambda self: self.n_embd)
+    num_hidden_layers = property(lambda self: self.n_layer)
+    num_attention_heads = property(lambda self: self.n_head)
+    num_key_value_heads = property(lambda self: self.n_head)
+    head_dim = property(lambda self: self.n_embd // self.n_head)
+    intermediate_size = property(lambda self: self.n_inner or 4 * self.n_embd)
+    max_position_embeddings = property(lambda self: self.n_positions)
+    hidden_dropout_prob = property(lambda self: self.resid_pdrop)
 
     @property
     def classifier_dropout(self) -> float:
         """No dropout before the classifier, as HF's `GPT2ForSequenceClassification`."""
         return 0.0
 
+    hf_checks = common.HfChecks("gpt2", ("gpt2",), "'gpt2'", _REQUIRED)
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> Gpt2Config:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="gpt2", supported=("gpt2",), family="'gpt2'",
-            required=_REQUIRED, where=where,
-        )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
         act = hf.get("activation_function", "gelu_new")
-        if act not in layers.ACTIVATIONS:
-            raise UserInputError(
-                f"{where}: activation_function {act!r} is not supported "
-                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
-            )
+        common.check_activation(act, key="activation_function", where=where)
         if hf["n_embd"] % hf["n_head"]:
             raise UserInputError(
                 f"{where}: n_embd {hf['n_embd']} is not a multiple of n_head {hf['n_head']}"
@@ -150,19 +100,14 @@ class Gpt2Config:
             for name in defaults
             if name not in ("dtype", "param_dtype", "model_type", "remat_policy")
         }
-        kwargs["bos_token_id"] = hf_token_ids(kwargs["bos_token_id"])
-        kwargs["eos_token_id"] = hf_token_ids(kwargs["eos_token_id"])
-        return cls(
-            **kwargs,
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
-        )
+        kwargs["bos_token_id"] = common.hf_token_ids(kwargs["bos_token_id"])
+        kwargs["eos_token_id"] = common.hf_token_ids(kwargs["eos_token_id"])
+        return kwargs
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config fields this config determines (no dtype fields)."""
         out = {
-            f.name: token_ids_to_hf(getattr(self, f.name))
+            f.name: common.token_ids_to_hf(getattr(self, f.name))
             for f in dataclasses.fields(self)
             if f.name not in ("dtype", "param_dtype", "remat_policy")
         }
@@ -170,19 +115,6 @@ class Gpt2Config:
         out["reorder_and_upcast_attn"] = False
         return out
 
-
-def init_cache(
-    config: Gpt2Config, batch_size: int, max_length: int, dtype: Any = None
-) -> dict[str, Any]:
-    """An empty KV cache for `config` (the contract is documented in `llama.py`)."""
-    return layers.init_kv_cache(
-        batch_size,
-        max_length,
-        num_layers=config.n_layer,
-        num_kv_heads=config.n_head,
-        head_dim=config.head_dim,
-        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
-    )
 
 
 class Gpt2Layer(nn.Module):
@@ -208,7 +140,7 @@ class Gpt2Layer(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_index + 1)
         norm = lambda name: layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name=name, **kw)
-        h = layers.Attention(
+        attention = layers.Attention(
             num_heads=cfg.n_head,
             head_dim=cfg.head_dim,
             dropout_rate=cfg.attn_pdrop,
@@ -216,15 +148,10 @@ class Gpt2Layer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
-        )(
-            norm("attention_norm")(x),
-            mask=mask,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
+        h, kv_cache = layers.attend(
+            attention, norm("attention_norm")(x), mask, kv_cache, cache_index, deterministic
+        )
         x = x + nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
         h = layers.Mlp(
             hidden_dim=cfg.intermediate_size,
@@ -237,56 +164,28 @@ class Gpt2Layer(nn.Module):
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
 
 
-class Gpt2Model(nn.Module):
-    """GPT-2 causal LM; call contract as `llama.LlamaModel` (see `llama.py`)."""
+class Gpt2Model(DecoderLM):
+    """GPT-2 causal LM (call contract: `models/decoder.py`): token + learned position
+    embeddings, dropout, the layers, a final LayerNorm."""
 
     config: Gpt2Config
-    with_lm_head: bool = True
-    is_decoder: ClassVar[bool] = True
+    layer_cls = Gpt2Layer
+    materialize_cotangent = True
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,  # B T
-        *,
-        positions: Array | None = None,  # B T
-        segment_ids: Array | None = None,  # B T
-        cache: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
-    ) -> dict[str, Any]:
+    def embed_inputs(self, x, positions, *, init, deterministic, dtype, param_dtype):
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-        init = nn.initializers.normal(cfg.initializer_range)
-        positions, segment_ids, masks, index, key_segments = decoder_inputs(
-            input_ids, positions, segment_ids, cache, {None}
-        )
-        embed = layers.embed(
-            cfg.vocab_size, cfg.n_embd, row_axis=axes.VOCAB, init=init, name="embed", **kw
-        )
         position = layers.embed(
-            cfg.n_positions, cfg.n_embd, row_axis=axes.POSITION, init=init, name="position", **kw
+            cfg.n_positions, cfg.n_embd, row_axis=axes.POSITION, init=init, name="position",
+            dtype=dtype, param_dtype=param_dtype,
         )
-        x = embed(input_ids) + position(positions)  # B T D
-        x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
-        policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(Gpt2Layer, policy)
-        new_layers = []
-        for i in range(cfg.n_layer):
-            x = layers.materialize_cotangent(x)
-            x, layer_cache = layer_cls(cfg, i, name=f"layer_{i}")(
-                x,
-                masks[None],
-                None if cache is None else cache["layers"][i],
-                index,
-                deterministic,
-            )
-            new_layers.append(layer_cache)
-        x = layers.layer_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **kw)(x)
-        new_cache = None
-        if cache is not None:
-            t = input_ids.shape[1]
-            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
-        out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
-        if self.with_lm_head:
-            out["logits"] = lm_logits(x, embed, cfg, init, **kw)
-        return out
+        x = x + position(positions)  # B T D
+        return nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic), ()
+
+    def final_norm(self, *, dtype, param_dtype):
+        return layers.layer_norm(
+            epsilon=self.config.layer_norm_epsilon, name="final_norm", dtype=dtype,
+            param_dtype=param_dtype,
+        )
+
+    def layer_kwargs(self, layer: int) -> dict[str, Any]:
+        return {"layer_index": layer}

@@ -6,43 +6,9 @@ SwiGLU MLP, numerically equal to Hugging Face's `LlamaForCausalLM` / `MistralFor
 config: Qwen2 has q/k/v biases, Mistral (and Qwen2 when `use_sliding_window`) a sliding
 attention window, Llama optional `attention_bias` / `mlp_bias`.
 
-Decoder batch contract (shared by every decoder-only model, e.g. `gpt2.py`)
----------------------------------------------------------------------------
-    input_ids    int [B, T]
-    positions    int [B, T]  position of each token within its sequence (restarts at 0 for
-                             every packed sequence; left padding: real tokens count from 0).
-                             Default: arange(T) (with a cache: index + arange(T)).
-    segment_ids  int [B, T]  which sequence a token belongs to; 0 = padding. Attention
-                             never crosses segments and is causal within one.
-                             Default: all ones.
+The batch, call and KV-cache contracts are those of every decoder (`models/decoder.py`).
 
-`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True)`
-returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after the final norm),
-'cache': the updated cache, or None without one}` ('logits' is absent when the module is
-built with `with_lm_head=False`, as inside a `SequenceClassifier`). Dropout draws from the
-'dropout' rng when `deterministic=False`. A loss mask is the task's business.
-
-KV cache contract (functional: the cache is an explicit pytree, in and out)
---------------------------------------------------------------------------
-`init_cache(config, batch_size, max_length, dtype=None)` returns
-
-    {'index': int32 [],             number of filled slots (the same for every row)
-     'segment_ids': int32 [B, S],   segment of the token in each slot; 0 = empty or padding
-     'layers': [{'k': [B, S, K, H], 'v': [B, S, K, H]}, ...]}   one dict per layer, keys
-                                    already rotated; S = max_length, dtype = config.dtype
-
-All leaves have the batch first (except 'index'), so a caller may slice, gather or reorder
-rows (beam search) with a plain `jax.tree.map`. Calling with `cache=` writes the T new
-tokens' keys/values and segment ids at slots [index, index + T) (`lax.dynamic_update_slice`)
-and returns the cache with index + T; a query at slot index + t attends to slot s iff
-cache segment_ids[s] != 0, it equals the query's segment id, and s <= index + t (causal by
-slot; with a sliding window W also index + t - s < W). Positions come from the caller, so
-a left-padded prompt (pads with segment 0, real tokens at positions 0, 1, ...) followed by
-one token per step at position = number of real tokens so far gives the logits of the
-unpadded sequence. The caller keeps index + T <= max_length (beyond it
-`dynamic_update_slice` clamps the start and overwrites the last slots).
-
-Parameter tree (our names; `sft_jax/hf/llama.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embed/embedding                       V D    ('vocab', 'embed')
     layer_{i}/attention_norm/scale        D      ('embed',)
@@ -65,36 +31,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    hf_token_ids,
-    remat_layer,
-    token_ids_to_hf,
-)
-from sft_jax.models.decoder import decoder_inputs, lm_logits
+from sft_jax.models import axes, common, layers
+from sft_jax.models.decoder import DecoderLM
 from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
 
 Array = jax.Array
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-)
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size")
 # Defaults that differ between the families (HF config classes), used when a key is absent.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"max_position_embeddings": 2048},
@@ -104,7 +57,7 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(common.ModelConfig):
     """Architecture of a Llama-family decoder (HF field names where HF has them) plus our
     dtypes. Resolved at `from_hf`: `num_key_value_heads`, `head_dim`, the biases implied
     by `model_type`, and `layer_types` ('full_attention' / 'sliding_attention' per layer).
@@ -137,12 +90,6 @@ class LlamaConfig:
     bos_token_id: int | tuple[int, ...] | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     model_type: str = "llama"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self) -> None:
-        check_remat_policy(self.remat_policy)
 
     @property
     def hidden_dropout_prob(self) -> float:
@@ -159,27 +106,15 @@ class LlamaConfig:
         sliding = self.layer_types and self.layer_types[layer] == "sliding_attention"
         return self.sliding_window if sliding else None
 
+    hf_checks = common.HfChecks("llama", SUPPORTED_MODEL_TYPES, "a Llama-family decoder", _REQUIRED)
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> LlamaConfig:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="llama", supported=SUPPORTED_MODEL_TYPES, family="a Llama-family decoder",
-            required=_REQUIRED, where=where,
-        )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
         hf = {**_FAMILY_DEFAULTS[model_type], **hf}
-        act = hf.get("hidden_act", "silu")
-        if act not in layers.ACTIVATIONS:
-            raise UserInputError(
-                f"{where}: hidden_act {act!r} is not supported "
-                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
-            )
+        act = common.check_activation(
+            hf.get("hidden_act", "silu"), key="hidden_act", where=where
+        )
         n = hf["num_attention_heads"]
         kv = hf.get("num_key_value_heads") or n
         if n % kv:
@@ -197,7 +132,7 @@ class LlamaConfig:
         num_layers = hf["num_hidden_layers"]
         sliding_window, layer_types = _sliding(hf, model_type, num_layers, where=where)
         attention_bias = bool(hf.get("attention_bias", False))
-        return cls(
+        return dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             num_hidden_layers=num_layers,
@@ -221,11 +156,8 @@ class LlamaConfig:
             hidden_dropout=float(hf.get("hidden_dropout") or 0.0),
             initializer_range=hf.get("initializer_range") or 0.02,
             pad_token_id=hf.get("pad_token_id"),
-            bos_token_id=hf_token_ids(hf.get("bos_token_id")),
-            eos_token_id=hf_token_ids(hf.get("eos_token_id")),
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+            bos_token_id=common.hf_token_ids(hf.get("bos_token_id")),
+            eos_token_id=common.hf_token_ids(hf.get("eos_token_id")),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -246,8 +178,8 @@ class LlamaConfig:
             "attention_dropout": self.attention_dropout,
             "initializer_range": self.initializer_range,
             "pad_token_id": self.pad_token_id,
-            "bos_token_id": token_ids_to_hf(self.bos_token_id),
-            "eos_token_id": token_ids_to_hf(self.eos_token_id),
+            "bos_token_id": common.token_ids_to_hf(self.bos_token_id),
+            "eos_token_id": common.token_ids_to_hf(self.eos_token_id),
             **self.rope.to_hf(),
         }
         if self.model_type == "llama":
@@ -255,10 +187,15 @@ class LlamaConfig:
             out["mlp_bias"] = self.mlp_bias
         elif self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
-        else:  # qwen2
+        elif self.model_type == "qwen2":
             out["use_sliding_window"] = self.sliding_window is not None
             out["sliding_window"] = self.sliding_window
             out["layer_types"] = list(self.layer_types)
+        else:
+            raise UserInputError(
+                f"model_type {self.model_type!r} is not a Llama-family decoder "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
         return out
 
 
@@ -287,19 +224,6 @@ def _sliding(
     return window, tuple(types)
 
 
-def init_cache(
-    config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = None
-) -> dict[str, Any]:
-    """An empty KV cache for `config` (see the module docstring); dtype: config.dtype."""
-    return layers.init_kv_cache(
-        batch_size,
-        max_length,
-        num_layers=config.num_hidden_layers,
-        num_kv_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
-    )
-
 
 class LlamaLayer(nn.Module):
     """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x)) (SwiGLU)."""
@@ -321,7 +245,7 @@ class LlamaLayer(nn.Module):
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
         init = nn.initializers.normal(cfg.initializer_range)
         h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="attention_norm", **kw)(x)
-        h = layers.Attention(
+        attention = layers.Attention(
             num_heads=cfg.num_attention_heads,
             head_dim=cfg.head_dim,
             num_kv_heads=cfg.num_key_value_heads,
@@ -331,16 +255,10 @@ class LlamaLayer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
-        )(
-            h,
-            mask=mask,
-            qk_transform=qk_transform,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
+        h, kv_cache = layers.attend(
+            attention, h, mask, kv_cache, cache_index, deterministic, qk_transform=qk_transform
+        )
         x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
         h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="mlp_norm", **kw)(x)
         h = layers.Mlp(
@@ -356,8 +274,9 @@ class LlamaLayer(nn.Module):
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), kv_cache
 
 
-class LlamaModel(nn.Module):
-    """Llama / Mistral / Qwen2 causal LM (see the module docstring for the call contract).
+class LlamaModel(DecoderLM):
+    """Llama / Mistral / Qwen2 causal LM (call contract: `models/decoder.py`): token
+    embeddings, the layers (RoPE on queries and keys), a final RMSNorm.
 
     Attributes:
       config: the architecture.
@@ -366,31 +285,10 @@ class LlamaModel(nn.Module):
     """
 
     config: LlamaConfig
-    with_lm_head: bool = True
-    is_decoder: ClassVar[bool] = True
+    layer_cls = LlamaLayer
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,  # B T
-        *,
-        positions: Array | None = None,  # B T
-        segment_ids: Array | None = None,  # B T
-        cache: Mapping[str, Any] | None = None,
-        deterministic: bool = True,
-    ) -> dict[str, Any]:
-        cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-        init = nn.initializers.normal(cfg.initializer_range)
-        windows = [cfg.window(i) for i in range(cfg.num_hidden_layers)]
-        positions, segment_ids, masks, index, key_segments = decoder_inputs(
-            input_ids, positions, segment_ids, cache, set(windows)
-        )
-        embed = layers.embed(
-            cfg.vocab_size, cfg.hidden_size, row_axis=axes.VOCAB, init=init, name="embed", **kw
-        )
-        x = embed(input_ids)  # B T D
-        inv_freq, scaling = inverse_frequencies(cfg.rope, cfg.head_dim)
+    def embed_inputs(self, x, positions, *, init, deterministic, dtype, param_dtype):
+        inv_freq, scaling = inverse_frequencies(self.config.rope, self.config.head_dim)
 
         def rotate(q: Array, k: Array) -> tuple[Array, Array]:
             return (
@@ -398,26 +296,13 @@ class LlamaModel(nn.Module):
                 apply_rope(k, positions, inv_freq, scaling),
             )
 
-        # Rematerialisation only in calls without a cache (training, scoring).
-        policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(LlamaLayer, policy)
-        new_layers = []
-        for i in range(cfg.num_hidden_layers):
-            x, layer_cache = layer_cls(cfg, name=f"layer_{i}")(
-                x,
-                masks[windows[i]],
-                rotate,
-                None if cache is None else cache["layers"][i],
-                index,
-                deterministic,
-            )
-            new_layers.append(layer_cache)
-        x = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="final_norm", **kw)(x)  # B T D
-        new_cache = None
-        if cache is not None:
-            t = input_ids.shape[1]
-            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
-        out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
-        if self.with_lm_head:
-            out["logits"] = lm_logits(x, embed, cfg, init, **kw)
-        return out
+        return x, (rotate,)
+
+    def final_norm(self, *, dtype, param_dtype):
+        return layers.rms_norm(
+            epsilon=self.config.rms_norm_eps, name="final_norm", dtype=dtype,
+            param_dtype=param_dtype,
+        )
+
+    def layer_window(self, layer: int) -> int | None:
+        return self.config.window(layer)

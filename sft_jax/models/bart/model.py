@@ -22,39 +22,12 @@ with biases, queries scaled by head_dim**-0.5; each block `x = LN(x + drop(f(x))
 every table (encoder, decoder, LM head). `final_logits_bias` is a buffer in Hugging Face:
 it takes no gradient here either (`stop_gradient`), so fine-tuning leaves it as loaded.
 
-Encoder-decoder batch contract (all int32; the same for T5)
------------------------------------------------------------
-    encoder_input_ids    [B, S]
-    encoder_segment_ids  [B, S]  0 = padding; packed pairs numbered 1, 2, ...; default ones
-    encoder_positions    [B, S]  restart at 0 per segment; default arange(S)
-    decoder_input_ids    [B, T]  target shifted right (decoder start token first)
-    decoder_segment_ids  [B, T]  the id of the pair's source segment; 0 = padding
-    decoder_positions    [B, T]  restart at 0 per segment; default arange(T)
-                                 (with a cache: cache index + arange(T))
+The batch contract and the methods (`__call__`, `encode`, `decode`) are those of every
+encoder-decoder family (`models/t5/model.py`); `init_cache` builds the decoder-only
+cache of `models/decoder.py` (no key positions: BART has no relative bias). Dropout draws
+from the 'dropout' rng when `deterministic=False`.
 
-Encoder self-attention is bidirectional within a segment, decoder self-attention causal
-within a segment, and decoder token q attends source token s iff encoder_segment_ids[s]
-!= 0 and equals q's decoder segment id. Dropout draws from the 'dropout' rng when
-`deterministic=False`.
-
-Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
-    __call__(encoder_input_ids, decoder_input_ids, *, encoder_segment_ids=None,
-             encoder_positions=None, decoder_segment_ids=None, decoder_positions=None,
-             deterministic=True) -> {'logits': float32 [B, T, V]}
-    encode(encoder_input_ids, *, encoder_segment_ids=None, encoder_positions=None,
-           deterministic=True) -> [B, S, D]
-    decode(decoder_input_ids, encoded, *, encoder_segment_ids=None, decoder_positions=None,
-           decoder_segment_ids=None, cache=None, deterministic=True)
-        -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
-
-`init_cache(config, batch_size, max_length, dtype=None)` returns the decoder self-attention
-cache in the decoder-only format of `llama.py` ({'index', 'segment_ids' [B,S], 'layers':
-[{'k','v'} [B,S,N,H]]}); every leaf but 'index' is batch-first, so beam search reorders
-rows with `jax.tree.map`. Cross-attention keys/values are computed from `encoded` at every
-`decode` call (the encoder runs once per generation; reorder `encoded` and
-`encoder_segment_ids` with the cache).
-
-Parameter tree (our names; `sft_jax/hf/bart.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     shared/embedding                       V D   ('vocab','embed')  shared tables only
     encoder_embed/embedding                V D   ('vocab','embed')  otherwise
@@ -88,16 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    hf_token_ids,
-    remat_layer,
-    token_ids_to_hf,
-)
-from sft_jax.models.decoder import decoder_inputs
+from sft_jax.models import axes, common, decoder, layers
+from sft_jax.models.decoder import decoder_inputs, next_cache
 
 Array = jax.Array
 
@@ -122,7 +87,7 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BartConfig:
+class BartConfig(common.ModelConfig):
     """Architecture of a BART / Marian model (HF field names) plus our dtypes.
 
     `decoder_vocab_size` is resolved at `from_hf` (BART and shared Marian tables:
@@ -156,12 +121,6 @@ class BartConfig:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | tuple[int, ...] | None = None
     model_type: str = "bart"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self) -> None:
-        check_remat_policy(self.remat_policy)
 
     @property
     def encoder_head_dim(self) -> int:
@@ -190,27 +149,17 @@ class BartConfig:
     def embed_scale(self) -> float:
         return math.sqrt(self.d_model) if self.scale_embedding else 1.0
 
+    hf_checks = common.HfChecks(
+        "bart", SUPPORTED_MODEL_TYPES, "a BART-family encoder-decoder", _REQUIRED
+    )
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> BartConfig:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="bart", supported=SUPPORTED_MODEL_TYPES,
-            family="a BART-family encoder-decoder", required=_REQUIRED, where=where,
-        )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
         hf = {**_FAMILY_DEFAULTS[model_type], **hf}
-        act = hf.get("activation_function") or "gelu"
-        if act not in layers.ACTIVATIONS:
-            raise UserInputError(
-                f"{where}: activation_function {act!r} is not supported "
-                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
-            )
+        act = common.check_activation(
+            hf.get("activation_function") or "gelu", key="activation_function", where=where
+        )
         d = hf["d_model"]
         for key in ("encoder_attention_heads", "decoder_attention_heads"):
             if d % hf[key]:
@@ -223,7 +172,7 @@ class BartConfig:
                 f"{where}: decoder_vocab_size {decoder_vocab} differs from vocab_size {vocab} "
                 "but share_encoder_decoder_embeddings is true"
             )
-        return cls(
+        return dict(
             vocab_size=vocab,
             d_model=d,
             encoder_layers=hf["encoder_layers"],
@@ -244,13 +193,10 @@ class BartConfig:
             share_encoder_decoder_embeddings=share,
             pad_token_id=hf.get("pad_token_id"),
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf_token_ids(hf.get("eos_token_id")),
+            eos_token_id=common.hf_token_ids(hf.get("eos_token_id")),
             decoder_start_token_id=hf.get("decoder_start_token_id"),
             forced_bos_token_id=hf.get("forced_bos_token_id"),
-            forced_eos_token_id=hf_token_ids(hf.get("forced_eos_token_id")),
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
+            forced_eos_token_id=common.hf_token_ids(hf.get("forced_eos_token_id")),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -260,8 +206,8 @@ class BartConfig:
             for f in dataclasses.fields(self)
             if f.name not in ("dtype", "param_dtype", "remat_policy")
         }
-        out["eos_token_id"] = token_ids_to_hf(self.eos_token_id)
-        out["forced_eos_token_id"] = token_ids_to_hf(self.forced_eos_token_id)
+        out["eos_token_id"] = common.token_ids_to_hf(self.eos_token_id)
+        out["forced_eos_token_id"] = common.token_ids_to_hf(self.forced_eos_token_id)
         out["is_encoder_decoder"] = True
         if self.forced_bos_token_id is None:  # absent from most configs
             del out["forced_bos_token_id"]
@@ -274,13 +220,9 @@ def init_cache(
     config: BartConfig, batch_size: int, max_length: int, dtype: Any = None
 ) -> dict[str, Any]:
     """An empty decoder self-attention cache (see the module docstring)."""
-    return layers.init_kv_cache(
-        batch_size,
-        max_length,
-        num_layers=config.decoder_layers,
-        num_kv_heads=config.decoder_attention_heads,
-        head_dim=config.decoder_head_dim,
-        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
+    return decoder.init_cache(
+        config, batch_size, max_length, dtype, num_layers=config.decoder_layers,
+        num_kv_heads=config.decoder_attention_heads, head_dim=config.decoder_head_dim,
     )
 
 
@@ -374,15 +316,10 @@ class DecoderLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout)
         norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **_kw(cfg))
         heads = cfg.decoder_attention_heads
-        h = _attention(cfg, heads, "self_attention")(
-            x,
-            mask=self_mask,
-            kv_cache=kv_cache,
-            cache_index=cache_index,
-            deterministic=deterministic,
+        h, kv_cache = layers.attend(
+            _attention(cfg, heads, "self_attention"), x, self_mask, kv_cache, cache_index,
+            deterministic,
         )
-        if kv_cache is not None:
-            h, kv_cache = h
         x = norm(name="self_attention_norm")(x + drop(h, deterministic=deterministic))
         h = _attention(cfg, heads, "cross_attention")(
             x, encoded, mask=cross_mask, deterministic=deterministic
@@ -427,7 +364,7 @@ class Encoder(nn.Module):
         cfg = self.config
         x = _embed_positions(cfg, x, positions, deterministic=deterministic)
         mask = layers.segment_mask(segment_ids)  # B 1 S S
-        layer_cls = remat_layer(EncoderLayer, cfg.remat_policy)
+        layer_cls = common.remat_layer(EncoderLayer, cfg.remat_policy)
         for i in range(cfg.encoder_layers):
             x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         return x
@@ -455,7 +392,7 @@ class Decoder(nn.Module):
         x = _embed_positions(cfg, x, positions, deterministic=deterministic)
         # Rematerialisation only in calls without a cache (training, scoring).
         policy = cfg.remat_policy if cache is None else "none"
-        layer_cls = remat_layer(DecoderLayer, policy)
+        layer_cls = common.remat_layer(DecoderLayer, policy)
         new_layers = []
         for i in range(cfg.decoder_layers):
             layer = layer_cls(cfg, name=f"layer_{i}")
@@ -604,8 +541,5 @@ class BartModel(nn.Module):
         bias = jax.lax.stop_gradient(jnp.asarray(self.final_logits_bias, jnp.float32))
         logits = logits.astype(jnp.float32) + bias
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
-        new_cache = None
-        if cache is not None:
-            t = decoder_input_ids.shape[1]
-            new_cache = {"index": index + t, "segment_ids": key_segments, "layers": new_layers}
-        return {"logits": logits, "cache": new_cache}
+        t = decoder_input_ids.shape[1]
+        return {"logits": logits, "cache": next_cache(cache, index, t, key_segments, new_layers)}

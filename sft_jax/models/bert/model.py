@@ -4,7 +4,7 @@ Post-LayerNorm transformer encoder, numerically equal to Hugging Face's `BertMod
 `RobertaModel` in fp32 (tests/test_models_bert.py). RoBERTa differs only in its position
 ids, which start at `pad_token_id + 1` and skip padding tokens.
 
-Parameter tree (our names; `sft_jax/hf/bert.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embeddings/word/embedding            V D      ('vocab', 'embed')
     embeddings/position/embedding        P D      ('position', 'embed')
@@ -32,32 +32,21 @@ import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    remat_layer,
-)
+from sft_jax.models import axes, common, layers
 
 Array = jax.Array
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta")
 
 # HF config key -> our field; all required in config.json unless a default is given below.
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-)
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size")
 # Our fields that no HF config.json sets (model_type is read separately).
 _NOT_HF = ("dtype", "param_dtype", "model_type", "remat_policy")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(common.ModelConfig):
     """Architecture of a BERT-family encoder (HF field names) plus our dtype choices.
 
     `dtype` is the compute dtype (activations, matmuls), `param_dtype` the storage dtype
@@ -80,12 +69,6 @@ class BertConfig:
     initializer_range: float = 0.02
     classifier_dropout: float | None = None
     model_type: str = "bert"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self) -> None:
-        check_remat_policy(self.remat_policy)
 
     @property
     def head_dim(self) -> int:
@@ -96,26 +79,12 @@ class BertConfig:
         """First position id of a real token (RoBERTa: pad_token_id + 1)."""
         return self.pad_token_id + 1 if self.model_type == "roberta" else 0
 
+    hf_checks = common.HfChecks("bert", SUPPORTED_MODEL_TYPES, "a BERT-family encoder", _REQUIRED)
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> BertConfig:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="bert", supported=SUPPORTED_MODEL_TYPES, family="a BERT-family encoder",
-            required=_REQUIRED, where=where,
-        )
-        act = hf.get("hidden_act", "gelu")
-        if act not in layers.ACTIVATIONS:
-            raise UserInputError(
-                f"{where}: hidden_act {act!r} is not supported "
-                f"(supported: {', '.join(sorted(layers.ACTIVATIONS))})"
-            )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
+        common.check_activation(hf.get("hidden_act", "gelu"), key="hidden_act", where=where)
         pos_type = hf.get("position_embedding_type", "absolute")
         if pos_type != "absolute":
             raise UserInputError(
@@ -136,12 +105,7 @@ class BertConfig:
         }
         if kwargs["pad_token_id"] is None:
             kwargs["pad_token_id"] = 0
-        return cls(
-            **kwargs,
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
-        )
+        return kwargs
 
     def to_hf(self) -> dict[str, Any]:
         """The Hugging Face config fields this config determines (no dtype fields)."""
@@ -261,7 +225,7 @@ class BertModel(nn.Module):
         )  # B T D
         pad = None if attention_mask is None else layers.padding_mask(attention_mask)
         mask = layers.combine_masks(pad, mask)  # B 1 1|T S
-        layer_cls = remat_layer(BertLayer, cfg.remat_policy)
+        layer_cls = common.remat_layer(BertLayer, cfg.remat_policy)
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, name=f"layer_{i}")(x, mask, deterministic)
         out = {"last_hidden_state": x}

@@ -1,7 +1,7 @@
 """T5 / mT5: Hugging Face `T5ForConditionalGeneration` weight names <-> our parameter tree.
 
 One table (`_entries`) lists every tensor HF's `save_pretrained` writes, with our path and
-the reshape (the `Entry` helpers of `hf/llama.py`). PyTorch `Linear` stores
+the reshape (rows of the shared engine `sft_jax/hf/tables.py`). PyTorch `Linear` stores
 `weight [out, in]`; our kernels are `[in, out]` with heads split out:
 
     shared.weight                         [V, D]  -> embed/embedding
@@ -34,13 +34,12 @@ from typing import Any
 import numpy as np
 
 from sft_jax.hf.tables import Entry, head_entries, linear, log_unused, put, same, take, to_numpy
-from sft_jax.models.t5 import T5Config
+from sft_jax.models.t5.model import T5Config
 
 log = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 
-ARCHITECTURES = {"t5": "T5ForConditionalGeneration", "mt5": "MT5ForConditionalGeneration"}
 _EMBED = "shared.weight"
 _LM_HEAD = "lm_head.weight"
 _IGNORED = ("EncDecAttention.relative_attention_bias.weight",)

@@ -27,8 +27,8 @@ Cross-attention has no position bias. Dropout (`dropout_rate`, from the 'dropout
 when `deterministic=False`) sits where HF has it: after the embedding, on attention
 probabilities, after the MLP activation, before each residual add, after the final norm.
 
-Encoder-decoder batch contract (all int32; the one of `bart.py`)
------------------------------------------------------------------
+Encoder-decoder batch contract (all int32; every encoder-decoder family)
+------------------------------------------------------------------------
     encoder_input_ids    [B, S]
     encoder_segment_ids  [B, S]  0 = padding; packed pairs numbered 1, 2, ...; default ones
     encoder_positions    [B, S]  restart at 0 per segment; default arange(S)
@@ -36,6 +36,10 @@ Encoder-decoder batch contract (all int32; the one of `bart.py`)
     decoder_segment_ids  [B, T]  the id of the pair's source segment; 0 = padding
     decoder_positions    [B, T]  restart at 0 per segment; default arange(T)
                                  (with a cache: cache index + arange(T))
+
+Encoder self-attention is bidirectional within a segment, decoder self-attention causal
+within a segment, and decoder token q attends source token s iff encoder_segment_ids[s]
+!= 0 and equals q's decoder segment id.
 
 Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
     __call__(encoder_input_ids, decoder_input_ids, *, encoder_segment_ids=None,
@@ -48,14 +52,14 @@ Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
         -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
 
 `init_cache(config, batch_size, max_length, dtype=None)` returns the decoder-only cache of
-`llama.py` plus the key positions the relative bias needs:
+`models/decoder.py` plus the key positions the relative bias needs:
     {'index': int32 [], 'segment_ids': int32 [B, S], 'positions': int32 [B, S],
      'layers': [{'k': [B, S, N, H], 'v': [B, S, N, H]}, ...]}
 Every leaf but 'index' is batch-first (beam search reorders rows with `jax.tree.map`;
 reorder `encoded` and `encoder_segment_ids` alike). Cross-attention keys/values are
 computed from `encoded` at every `decode` call.
 
-Parameter tree (our names; `sft_jax/hf/t5.py` maps them to Hugging Face):
+Parameter tree (our names; `convert.py` maps them to Hugging Face):
 
     embed/embedding                               V D    ('vocab', 'embed')  HF `shared`
     lm_head/kernel                                D V    ('embed', 'vocab')  untied only
@@ -91,16 +95,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sft_jax.errors import UserInputError
-from sft_jax.models import axes, layers
-from sft_jax.models.common import (
-    canonical_dtype,
-    check_model_type_and_fields,
-    check_remat_policy,
-    hf_token_ids,
-    remat_layer,
-    token_ids_to_hf,
-)
-from sft_jax.models.decoder import decoder_inputs
+from sft_jax.models import axes, common, decoder, layers
+from sft_jax.models.decoder import decoder_inputs, next_cache
 
 Array = jax.Array
 
@@ -129,7 +125,7 @@ def parse_feed_forward_proj(proj: Any, *, where: str) -> tuple[str, bool]:
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(common.ModelConfig):
     """Architecture of a T5 / mT5 model (HF field names) plus our dtypes.
 
     `tie_word_embeddings`: True = v1.0's LM head (the shared table, decoder output scaled
@@ -157,12 +153,6 @@ class T5Config:
     eos_token_id: int | tuple[int, ...] | None = 1
     decoder_start_token_id: int | None = 0
     model_type: str = "t5"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat_policy: str = "none"
-
-    def __post_init__(self):
-        check_remat_policy(self.remat_policy)
 
     @property
     def activation(self) -> str:
@@ -172,20 +162,11 @@ class T5Config:
     def gated(self) -> bool:
         return parse_feed_forward_proj(self.feed_forward_proj, where="feed_forward_proj")[1]
 
+    hf_checks = common.HfChecks("t5", SUPPORTED_MODEL_TYPES, "a T5 model", _REQUIRED)
+
     @classmethod
-    def from_hf(
-        cls,
-        hf: Mapping[str, Any],
-        *,
-        dtype: Any = "float32",
-        param_dtype: Any = "float32",
-        where: str = "config.json",
-    ) -> T5Config:
-        """Build from a Hugging Face `config.json` dict; `where` names it in errors."""
-        model_type = check_model_type_and_fields(
-            hf, default="t5", supported=SUPPORTED_MODEL_TYPES, family="a T5 model",
-            required=_REQUIRED, where=where,
-        )
+    def fields_from_hf(cls, hf: Mapping[str, Any], model_type: str, *, where: str) -> dict:
+        """Our fields from a Hugging Face `config.json` dict (see `common.ModelConfig.from_hf`)."""
         proj = hf.get("feed_forward_proj") or ("gated-gelu" if model_type == "mt5" else "relu")
         parse_feed_forward_proj(proj, where=where)
         buckets = hf.get("relative_attention_num_buckets") or 32
@@ -201,7 +182,7 @@ class T5Config:
             tied = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
         pad = hf.get("pad_token_id", 0)
         start = hf.get("decoder_start_token_id")
-        return cls(
+        return dict(
             vocab_size=hf["vocab_size"],
             d_model=hf["d_model"],
             d_kv=hf["d_kv"],
@@ -217,11 +198,8 @@ class T5Config:
             dropout_rate=float(hf.get("dropout_rate", 0.1) or 0.0),
             initializer_factor=float(hf.get("initializer_factor") or 1.0),
             pad_token_id=pad,
-            eos_token_id=hf_token_ids(hf.get("eos_token_id", 1)),
+            eos_token_id=common.hf_token_ids(hf.get("eos_token_id", 1)),
             decoder_start_token_id=pad if start is None else start,
-            model_type=model_type,
-            dtype=canonical_dtype(dtype),
-            param_dtype=canonical_dtype(param_dtype, where="param_dtype"),
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -244,7 +222,7 @@ class T5Config:
             "dropout_rate": self.dropout_rate,
             "initializer_factor": self.initializer_factor,
             "pad_token_id": self.pad_token_id,
-            "eos_token_id": token_ids_to_hf(self.eos_token_id),
+            "eos_token_id": common.token_ids_to_hf(self.eos_token_id),
             "decoder_start_token_id": self.decoder_start_token_id,
         }
         if self.model_type == "t5":
@@ -256,13 +234,9 @@ def init_cache(
     config: T5Config, batch_size: int, max_length: int, dtype: Any = None
 ) -> dict[str, Any]:
     """An empty decoder cache for `config` (see the module docstring); dtype: config.dtype."""
-    cache = layers.init_kv_cache(
-        batch_size,
-        max_length,
-        num_layers=config.num_decoder_layers,
-        num_kv_heads=config.num_heads,
-        head_dim=config.d_kv,
-        dtype=jnp.dtype(config.dtype if dtype is None else dtype),
+    cache = decoder.init_cache(
+        config, batch_size, max_length, dtype, num_layers=config.num_decoder_layers,
+        num_kv_heads=config.num_heads, head_dim=config.d_kv,
     )
     cache["positions"] = jnp.zeros((batch_size, max_length), jnp.int32)
     return cache
@@ -383,10 +357,8 @@ class T5Attention(nn.Module):
         v = _dense(cfg, (n, h), qkv_axes, d**-0.5, "value")(inputs_kv)  # B S N H
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         if kv_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype), start)
-            kv_cache = {"k": k, "v": v}  # B S N H
+            kv_cache = layers.write_kv_cache(kv_cache, k, v, cache_index)
+            k, v = kv_cache["k"], kv_cache["v"]  # B S N H
         dropout_rng = None
         if not deterministic and cfg.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -496,7 +468,7 @@ class T5Stack(nn.Module):
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         num_layers = cfg.num_decoder_layers if self.is_decoder else cfg.num_layers
         policy = cfg.remat_policy if cache_layers is None else "none"
-        layer_cls = remat_layer(T5Layer, policy)
+        layer_cls = common.remat_layer(T5Layer, policy)
         caches = [None] * num_layers if cache_layers is None else cache_layers
         new_layers = []
         for i in range(num_layers):
@@ -610,10 +582,7 @@ class T5Model(nn.Module):
         else:
             logits = self.lm_head(y)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
-        new_cache = None
-        if cache is not None:
-            new_cache = {"index": index + t, "segment_ids": key_segments,
-                         "positions": key_positions, "layers": new_layers}
+        new_cache = next_cache(cache, index, t, key_segments, new_layers, positions=key_positions)
         return {"logits": logits.astype(jnp.float32), "cache": new_cache}
 
 

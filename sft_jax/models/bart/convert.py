@@ -38,13 +38,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sft_jax.errors import UserInputError
 from sft_jax.hf.tables import (
     Entry,
     Params,
     Path,
     detect_prefix,
+    first_present,
     head_entries,
+    layer_norm,
     linear,
     log_unused,
     put,
@@ -52,7 +53,7 @@ from sft_jax.hf.tables import (
     take,
     to_numpy,
 )
-from sft_jax.models.bart import BART_POSITION_OFFSET, BartConfig
+from sft_jax.models.bart.model import BART_POSITION_OFFSET, BartConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,6 @@ ENCODER_TOKENS = "encoder.embed_tokens.weight"
 DECODER_TOKENS = "decoder.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 FINAL_LOGITS_BIAS = "final_logits_bias"
-
-
-def _norm(path: Path, hf: str, d: int) -> list[Entry]:
-    return [
-        same((*path, "scale"), f"{hf}.weight", (d,)),
-        same((*path, "bias"), f"{hf}.bias", (d,)),
-    ]
 
 
 def _attention(path: Path, hf: str, d: int, n: int) -> list[Entry]:
@@ -97,7 +91,7 @@ def _embeddings(cfg: BartConfig, stack: str) -> list[Entry]:
     rows = cfg.max_position_embeddings + BART_POSITION_OFFSET
     return [
         same((stack, "position", "embedding"), f"{stack}.embed_positions.weight", (rows, d)),
-        *_norm((stack, "embed_norm"), f"{stack}.layernorm_embedding", d),
+        *layer_norm((stack, "embed_norm"), f"{stack}.layernorm_embedding", d),
     ]
 
 
@@ -108,19 +102,19 @@ def _backbone(cfg: BartConfig) -> list[Entry]:
     for i in range(cfg.encoder_layers):
         ours, hf = ("encoder", f"layer_{i}"), f"encoder.layers.{i}"
         out += _attention((*ours, "attention"), f"{hf}.self_attn", d, cfg.encoder_attention_heads)
-        out += _norm((*ours, "attention_norm"), f"{hf}.self_attn_layer_norm", d)
+        out += layer_norm((*ours, "attention_norm"), f"{hf}.self_attn_layer_norm", d)
         out += _mlp((*ours, "mlp"), hf, d, cfg.encoder_ffn_dim)
-        out += _norm((*ours, "mlp_norm"), f"{hf}.final_layer_norm", d)
+        out += layer_norm((*ours, "mlp_norm"), f"{hf}.final_layer_norm", d)
     out += _embeddings(cfg, "decoder")
     for i in range(cfg.decoder_layers):
         ours, hf = ("decoder", f"layer_{i}"), f"decoder.layers.{i}"
         n = cfg.decoder_attention_heads
         out += _attention((*ours, "self_attention"), f"{hf}.self_attn", d, n)
-        out += _norm((*ours, "self_attention_norm"), f"{hf}.self_attn_layer_norm", d)
+        out += layer_norm((*ours, "self_attention_norm"), f"{hf}.self_attn_layer_norm", d)
         out += _attention((*ours, "cross_attention"), f"{hf}.encoder_attn", d, n)
-        out += _norm((*ours, "cross_attention_norm"), f"{hf}.encoder_attn_layer_norm", d)
+        out += layer_norm((*ours, "cross_attention_norm"), f"{hf}.encoder_attn_layer_norm", d)
         out += _mlp((*ours, "mlp"), hf, d, cfg.decoder_ffn_dim)
-        out += _norm((*ours, "mlp_norm"), f"{hf}.final_layer_norm", d)
+        out += layer_norm((*ours, "mlp_norm"), f"{hf}.final_layer_norm", d)
     return out
 
 
@@ -151,13 +145,6 @@ def _bias_entry(cfg: BartConfig) -> Entry:
 # ----------------------------------------------------------------------------- reading
 
 
-def _first_present(state: Mapping[str, np.ndarray], names: list[str], *, where: str) -> str:
-    for name in names:
-        if name in state:
-            return name
-    raise UserInputError(f"{where}: missing weight {names[0]} (nor {', '.join(names[1:])})")
-
-
 def params_from_hf(
     state: Mapping[str, np.ndarray],
     config: BartConfig,
@@ -177,7 +164,7 @@ def params_from_hf(
     params = take(state, backbone, prefix, dtype, where=where)
     d, v, v_dec = config.d_model, config.vocab_size, config.decoder_vocab_size
     if config.shared_embeddings:
-        name = _first_present(
+        name = first_present(
             state,
             [prefix + SHARED, prefix + ENCODER_TOKENS, prefix + DECODER_TOKENS, LM_HEAD],
             where=where,
@@ -187,7 +174,7 @@ def params_from_hf(
         decoder_names = [prefix + DECODER_TOKENS]
         if config.tie_word_embeddings:
             decoder_names.append(LM_HEAD)
-        name = _first_present(state, decoder_names, where=where)
+        name = first_present(state, decoder_names, where=where)
         tables = [
             _table(("encoder_embed",), prefix + ENCODER_TOKENS, v, d),
             _table(("decoder_embed",), name, v_dec, d),
