@@ -119,7 +119,7 @@ def make_batch(hf: dict, batch: int, seq: int, seed: int, min_fill: float = 0.5)
     """Random rows of `seq` tokens; row lengths uniform in [min_fill*seq, seq], right
     padded with PAD_ID. Decoders: the `packing` contract (one segment per row); encoders:
     input_ids / attention_mask / token_type_ids / label / example_mask; T5: the
-    encoder-decoder contract (`models/t5.py`) with `seq` source and `seq` target tokens
+    encoder-decoder contract (`models/t5/model.py`) with `seq` source and `seq` target tokens
     and `decoder_target_ids`, as `tasks/encdec.py` feeds it."""
     rng = np.random.default_rng(seed)
     if family(hf) == "t5":

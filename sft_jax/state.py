@@ -126,10 +126,6 @@ def abstract_like(tree, shardings) -> Any:
     )
 
 
-def param_count(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
 
 def replica_shardings(shardings, mesh: Mesh):
     """Shardings of a tree stacked on a leading replica axis: that axis is not sharded,

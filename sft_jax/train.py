@@ -41,6 +41,7 @@ from sft_jax import state as state_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
 from sft_jax.errors import UserInputError
+from sft_jax.models.layers import count_params
 from sft_jax.writers import MetricWriter, Progress
 
 
@@ -141,8 +142,8 @@ class Trainer:
             self._create_state(pretrained, init_batch)
         del pretrained
         self.num_params = (self.peft.num_params if self.peft is not None
-                           else state_lib.param_count(self.state.params) // self.replicas)
-        self.trained_params = state_lib.param_count(self.state.params) // self.replicas
+                           else count_params(self.state.params) // self.replicas)
+        self.trained_params = count_params(self.state.params) // self.replicas
         logging.info("Model: %s, %d parameters%s", type(self.task.module).__name__,
                      self.num_params,
                      f", {self.replicas} replicas (seeds {self.seeds[0]}..{self.seeds[-1]})"

@@ -1,7 +1,7 @@
 """Generation from an encoder-decoder family module (T5, BART, Marian).
 
 `model_fns(module, config)` builds the three functions `generation.loop.generate_seq2seq`
-needs from the module's `encode` / `decode` methods (the contract in `models/t5.py`) and
+needs from the module's `encode` / `decode` methods (the contract in `models/t5/model.py`) and
 the family's KV cache (`models.registry.init_cache(config, batch, max_length)`):
     encode_fn(params, source_ids [B,S'], source_segment_ids [B,S'])
         -> {"encoded": [B,S',D], "encoder_segment_ids": [B,S']}   (added to the cache)
