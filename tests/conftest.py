@@ -4,7 +4,9 @@ and a tiny, learnable sentiment corpus, both generated on the fly."""
 from __future__ import annotations
 
 import atexit
+import functools
 import json
+import logging
 import os
 import random
 import shutil
@@ -215,3 +217,88 @@ def crash_during_step(trainer, step: int) -> None:
         return real_step(state, batch, rng)
 
     trainer.train_step = step_then_crash
+
+
+def export_mean_pooled(out: Path, pre, caplog, *, architecture: str, head_keys: set) -> Path:
+    """Export a mean-pooled classifier (no Hugging Face class computes it): the backbone as
+    `architecture` plus our sidecar head, with a warning saying so."""
+    from safetensors.numpy import load_file
+
+    from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
+
+    with caplog.at_level(logging.WARNING, logger="sft_jax.hf.export"):
+        out = export_pretrained(out, module_config=pre.config, params=pre.params,
+                                tokenizer=None, num_labels=2, pooling="mean")
+    assert "pooling 'mean' has no Hugging Face class" in caplog.text
+    assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
+    assert json.loads((out / HEAD_CONFIG_FILE).read_text())["pooling"] == "mean"
+    assert set(load_file(str(out / HEAD_WEIGHTS_FILE))) == head_keys
+    return out
+
+
+def assert_logically_partitioned(params) -> list:
+    """Every param leaf is boxed with one known logical axis name per dimension."""
+    import flax.linen as nn
+    import jax
+
+    from sft_jax.models import axes
+
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves
+    for leaf in leaves:
+        assert isinstance(leaf, nn.Partitioned), type(leaf)
+        assert len(leaf.names) == len(leaf.value.shape)
+        assert all(name in axes.ALL for name in leaf.names), leaf.names
+    return leaves
+
+
+# A tiny BERT config (HF field names) for parity tests.
+TINY_BERT = {
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 64,
+}
+
+
+def torch_logits(model, ids, mask=None):
+    """A transformers model's logits (numpy) for ids [B, T] and an optional mask [B, T]."""
+    import torch
+
+    with torch.no_grad():
+        kw = {} if mask is None else {"attention_mask": torch.tensor(mask)}
+        return model(input_ids=torch.tensor(ids), **kw).logits.numpy()
+
+
+@functools.cache
+def _jitted_apply(module):
+    import jax
+
+    return jax.jit(module.apply, static_argnames=("deterministic",))
+
+
+def jit_apply(module, params, *args, **kwargs):
+    """`module.apply({'params': params}, ...)`, jitted once per module."""
+    return _jitted_apply(module)({"params": params}, *args, **kwargs)
+
+
+def randomize_weights(model, seed: int, is_norm) -> None:
+    """O(1)-scale random weights in place, so that parity tests compare non-trivial values:
+    N(0, 0.2^2) everywhere, plus 1 on the parameters `is_norm(name)` selects (norm scales)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.2
+            p.copy_(noise + 1.0 if is_norm(name) else noise)
+
+
+def is_decoder_norm(name: str) -> bool:
+    return ("norm" in name or ".ln_" in name) and name.endswith("weight")
+
+
+def is_bert_norm(name: str) -> bool:
+    return name.endswith("LayerNorm.weight")

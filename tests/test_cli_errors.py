@@ -40,38 +40,36 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_malformed_jsonl_names_file_and_line(tmp_path, tiny):
-    bad = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "good", "label": "pos"}),
-                                                 json.dumps({"text": "bad", "label": "neg"}),
-                                                 '{"text": "oops", "label": '])
-    proc = run_cli(tmp_path / "run", {**tiny, "data.train": bad})
-    assert_user_error(proc, f"{bad}:3", "malformed JSON")
+def _jsonl(*records: dict) -> list[str]:
+    return [json.dumps(r) for r in records]
 
 
-def test_malformed_csv_names_file_and_line(tmp_path, tiny):
-    bad = write_lines(tmp_path / "train.csv", ["text,label", "good film,pos", "bad,film,neg"])
-    proc = run_cli(tmp_path / "run", {**tiny, "data.train": bad})
-    assert_user_error(proc, f"{bad}:3")
+# (data key, file name, its lines, fragments of the error line; "{file}" is the file's path)
+BAD_RECORD_FILES = {
+    "malformed JSON": ("data.train", "train.jsonl",
+                       [*_jsonl({"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}),
+                        '{"text": "oops", "label": '],
+                       ("{file}:3", "malformed JSON")),
+    "malformed CSV": ("data.train", "train.csv", ["text,label", "good film,pos", "bad,film,neg"],
+                      ("{file}:3",)),
+    "missing field": ("data.train", "train.jsonl",
+                      _jsonl({"text": "good", "label": "pos"}, {"review": "bad", "label": "neg"}),
+                      ("{file}:2", "missing field 'text'", "data.text_field")),
+    "empty split": ("data.validation", "validation.jsonl", [""],
+                    ("data.validation", "no records")),
+    "label never seen in training": (
+        "data.test", "test.jsonl",
+        _jsonl({"text": "good", "label": "pos"}, {"text": "meh", "label": "mixed"}),
+        ("{file}:2", "'mixed'", "never seen in training")),
+}
 
 
-def test_missing_field_names_record_and_config_key(tmp_path, tiny):
-    bad = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "good", "label": "pos"}),
-                                                 json.dumps({"review": "bad", "label": "neg"})])
-    proc = run_cli(tmp_path / "run", {**tiny, "data.train": bad})
-    assert_user_error(proc, f"{bad}:2", "missing field 'text'", "data.text_field")
-
-
-def test_empty_split(tmp_path, tiny):
-    empty = write_lines(tmp_path / "validation.jsonl", [""])
-    proc = run_cli(tmp_path / "run", {**tiny, "data.validation": empty})
-    assert_user_error(proc, "data.validation", "no records")
-
-
-def test_label_never_seen_in_training(tmp_path, tiny):
-    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "good", "label": "pos"}),
-                                                 json.dumps({"text": "meh", "label": "mixed"})])
-    proc = run_cli(tmp_path / "run", {**tiny, "data.test": test})
-    assert_user_error(proc, f"{test}:2", "'mixed'", "never seen in training")
+@pytest.mark.parametrize("case", BAD_RECORD_FILES)
+def test_bad_record_file_names_file_line_and_key(tmp_path, tiny, case):
+    key, name, lines, fragments = BAD_RECORD_FILES[case]
+    bad = write_lines(tmp_path / name, lines)
+    proc = run_cli(tmp_path / "run", {**tiny, key: bad})
+    assert_user_error(proc, *(f.format(file=bad) for f in fragments))
 
 
 def test_unknown_config_key(tmp_path, tiny):

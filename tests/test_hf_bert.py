@@ -11,23 +11,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file, save_file
+from conftest import TINY_BERT, export_mean_pooled, is_bert_norm, randomize_weights
+from safetensors.numpy import save_file
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
-from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
+from sft_jax.hf.export import HEAD_WEIGHTS_FILE, export_pretrained
 from sft_jax.models import BertConfig, registry
 from sft_jax.models.bert import convert as hf_bert
 
-TINY = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "max_position_embeddings": 64,
-}
+TINY = TINY_BERT
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
@@ -38,11 +32,7 @@ def make_hf_model(path, model_cls=transformers.BertModel, *, seed=0, dtype=None,
     config = (transformers.RobertaConfig if roberta else transformers.BertConfig)(**kw)
     torch.manual_seed(seed)
     model = model_cls(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.2
-            p.copy_(noise + 1.0 if name.endswith("LayerNorm.weight") else noise)
+    randomize_weights(model, seed, is_bert_norm)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(path, safe_serialization=True)
@@ -158,19 +148,8 @@ def test_export_classifier_matches_hf_auto_model(tmp_path, model_type):
 def test_export_mean_pooling_writes_encoder_and_sidecar_head(tmp_path, caplog):
     make_hf_model(tmp_path / "src", seed=4)
     pre = load_pretrained(tmp_path / "src", num_labels=2, pooling="mean", seed=1)
-    with caplog.at_level(logging.WARNING, logger="sft_jax.hf.export"):
-        out = export_pretrained(
-            tmp_path / "out",
-            module_config=pre.config,
-            params=pre.params,
-            tokenizer=None,
-            num_labels=2,
-            pooling="mean",
-        )
-    assert "pooling 'mean' has no Hugging Face class" in caplog.text
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
-    assert json.loads((out / HEAD_CONFIG_FILE).read_text())["pooling"] == "mean"
-    assert set(load_file(str(out / HEAD_WEIGHTS_FILE))) == {"kernel", "bias"}
+    out = export_mean_pooled(tmp_path / "out", pre, caplog, architecture="BertModel",
+                             head_keys={"kernel", "bias"})
     hf_model = transformers.AutoModel.from_pretrained(out).eval()
     ids, mask, types = batch(5)
     with torch.no_grad():

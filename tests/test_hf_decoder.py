@@ -3,7 +3,6 @@ export to `...ForCausalLM` / `...ForSequenceClassification` / bare model + sidec
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import types
@@ -13,13 +12,22 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import GPT2, LLAMA, V
+from conftest import (
+    GPT2,
+    LLAMA,
+    V,
+    export_mean_pooled,
+    is_decoder_norm,
+    jit_apply,
+    randomize_weights,
+    torch_logits,
+)
 from safetensors.numpy import load_file
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
 from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
-from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, export_pretrained
+from sft_jax.hf.export import export_pretrained
 from sft_jax.models import Gpt2Config, LlamaConfig, LlamaModel, SequenceClassifier
 from sft_jax.models.gpt2 import convert as hf_gpt2
 from sft_jax.models.llama import convert as hf_llama
@@ -39,12 +47,7 @@ def make_hf_model(path, model_type, *, classifier=False, seed=0, **overrides):
     config = config_cls(**{**tiny, **overrides})
     torch.manual_seed(seed)
     model = (cls_cls if classifier else lm_cls)(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.2
-            is_norm = ("norm" in name or ".ln_" in name) and name.endswith("weight")
-            p.copy_(noise + 1.0 if is_norm else noise)
+    randomize_weights(model, seed, is_decoder_norm)
     model.save_pretrained(path, safe_serialization=True)
     return model
 
@@ -62,21 +65,6 @@ def padded_batch(seed, *, left=False):
         mask[2, 2:] = 0
     ids[mask == 0] = 0
     return ids, mask
-
-
-def torch_out(model, ids, mask=None):
-    with torch.no_grad():
-        kw = {} if mask is None else {"attention_mask": torch.tensor(mask)}
-        return model(input_ids=torch.tensor(ids), **kw).logits.numpy()
-
-
-@functools.cache
-def _jitted(module):
-    return jax.jit(module.apply)
-
-
-def run(module, params, *args, **kwargs):
-    return _jitted(module)({"params": params}, *args, **kwargs)
 
 
 def tree_equal(a, b) -> bool:
@@ -154,8 +142,8 @@ def test_classifier_checkpoint_loads_with_its_head(tmp_path, model_type):
     pre = load_pretrained(tmp_path, num_labels=3)
     assert isinstance(pre.module, SequenceClassifier) and pre.module.pooling == "last"
     ids, mask = padded_batch(1)
-    ref = torch_out(hf_model, ids, mask)
-    ours = np.asarray(run(pre.module, pre.params, ids, mask)["logits"])
+    ref = torch_logits(hf_model, ids, mask)
+    ours = np.asarray(jit_apply(pre.module, pre.params, ids, mask)["logits"])
     assert np.abs(ref).max() > 0.5
     assert np.abs(ours - ref).max() < 1e-4
     converter = _converter(pre.config)
@@ -208,8 +196,8 @@ def test_export_lm_matches_auto_model_for_causal_lm(tmp_path, model_type, overri
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf_model).__name__ == arch
     ids, mask = padded_batch(2)
-    ref = torch_out(hf_model, ids, mask)
-    ours = np.asarray(run(pre.module, params, ids, segment_ids=mask)["logits"])
+    ref = torch_logits(hf_model, ids, mask)
+    ours = np.asarray(jit_apply(pre.module, params, ids, segment_ids=mask)["logits"])
     real = mask.astype(bool)
     assert np.abs(ours - ref)[real].max() < 1e-4
     # The export reads back to the very same params.
@@ -251,8 +239,8 @@ def test_export_classifier_matches_hf_auto_model(tmp_path, model_type, overrides
     # Left padding too for RoPE models (HF counts positions from the pads; RoPE is
     # relative, so the logits agree); GPT-2's learned positions need right padding.
     ids, mask = padded_batch(3, left=model_type != "gpt2")
-    ref = torch_out(hf_model, ids, mask)
-    ours = np.asarray(run(pre.module, params, ids, mask)["logits"])
+    ref = torch_logits(hf_model, ids, mask)
+    ours = np.asarray(jit_apply(pre.module, params, ids, mask)["logits"])
     assert np.abs(ref).max() > 0.5
     assert np.abs(ours - ref).max() < 1e-4
     again = load_pretrained(out, num_labels=4)  # the head is read back
@@ -262,24 +250,13 @@ def test_export_classifier_matches_hf_auto_model(tmp_path, model_type, overrides
 def test_export_mean_pooling_writes_base_model_and_sidecar(tmp_path, caplog):
     make_hf_model(tmp_path / "src", "llama", seed=4)
     pre = load_pretrained(tmp_path / "src", num_labels=2, pooling="mean", seed=1)
-    with caplog.at_level(logging.WARNING, logger="sft_jax.hf.export"):
-        out = export_pretrained(
-            tmp_path / "out",
-            module_config=pre.config,
-            params=pre.params,
-            tokenizer=None,
-            num_labels=2,
-            pooling="mean",
-        )
-    assert "pooling 'mean' has no Hugging Face class" in caplog.text
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaModel"]
-    assert json.loads((out / HEAD_CONFIG_FILE).read_text())["pooling"] == "mean"
-    assert set(load_file(str(out / HEAD_WEIGHTS_FILE))) == {"kernel"}
+    out = export_mean_pooled(tmp_path / "out", pre, caplog, architecture="LlamaModel",
+                             head_keys={"kernel"})
     hf_model = transformers.AutoModel.from_pretrained(out).eval()
     ids, mask = padded_batch(5)
     with torch.no_grad():
         ref = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
-    ours = run(pre.module, pre.params, ids, mask)
+    ours = jit_apply(pre.module, pre.params, ids, mask)
     real = mask.astype(bool)
     assert (
         np.abs(np.asarray(ours["last_hidden_state"]) - ref.last_hidden_state.numpy())[real].max()
@@ -287,7 +264,7 @@ def test_export_mean_pooling_writes_base_model_and_sidecar(tmp_path, caplog):
     )
     again = load_pretrained(out, num_labels=2, pooling="mean", seed=99)  # head read back
     np.testing.assert_array_equal(
-        run(again.module, again.params, ids, mask)["logits"], ours["logits"]
+        jit_apply(again.module, again.params, ids, mask)["logits"], ours["logits"]
     )
 
 

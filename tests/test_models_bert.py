@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import TINY_BERT, assert_logically_partitioned, is_bert_norm, randomize_weights
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
@@ -19,20 +20,12 @@ from sft_jax.models import (
     BertConfig,
     BertModel,
     SequenceClassifier,
-    axes,
     build_model,
     layers,
     registry,
 )
 
-TINY = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 37,
-    "max_position_embeddings": 64,
-}
+TINY = TINY_BERT
 
 
 def make_hf_model(tmp_path, *, model_type="bert", seed=0, **overrides):
@@ -45,11 +38,7 @@ def make_hf_model(tmp_path, *, model_type="bert", seed=0, **overrides):
         config, cls = transformers.BertConfig(**kw), transformers.BertModel
     torch.manual_seed(seed)
     model = cls(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.2
-            p.copy_(noise + 1.0 if name.endswith("LayerNorm.weight") else noise)
+    randomize_weights(model, seed, is_bert_norm)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return tmp_path, model
 
@@ -143,12 +132,7 @@ def _apply(module, variables, *args, **kwargs):
 def test_every_param_has_logical_axis_names():
     module = SequenceClassifier(_tiny_config(), num_labels=3)
     params = _abstract(module)["params"]
-    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert leaves
-    for leaf in leaves:
-        assert isinstance(leaf, nn.Partitioned), type(leaf)
-        assert len(leaf.names) == len(leaf.value.shape)
-        assert all(name in axes.ALL for name in leaf.names), leaf.names
+    assert_logically_partitioned(params)
     specs = nn.get_partition_spec(params)
     spec = jax.sharding.PartitionSpec
     encoder = specs["encoder"]

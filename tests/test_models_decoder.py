@@ -4,7 +4,6 @@ KV cache vs full forward, packed rows, RoPE scaling, logical axes, config errors
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -13,7 +12,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import GPT2, LLAMA, V
+from conftest import (
+    GPT2,
+    LLAMA,
+    V,
+    assert_logically_partitioned,
+    is_decoder_norm,
+    randomize_weights,
+    torch_logits,
+)
+from conftest import jit_apply as apply
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
@@ -23,7 +31,6 @@ from sft_jax.models import (
     LlamaConfig,
     LlamaModel,
     SequenceClassifier,
-    axes,
     build_model,
     init_cache,
     layers,
@@ -51,12 +58,7 @@ def make_hf_model(path, model_type, *, model_cls=None, seed=0, **overrides):
     config = config_cls(**{**tiny, **overrides})
     torch.manual_seed(seed)
     model = (model_cls or lm_cls)(config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.2
-            is_norm = ("norm" in name or ".ln_" in name) and name.endswith("weight")
-            p.copy_(noise + 1.0 if is_norm else noise)
+    randomize_weights(model, seed, is_decoder_norm)
     model.save_pretrained(path, safe_serialization=True)
     return model
 
@@ -70,21 +72,6 @@ def padded_batch(seed, *, batch=3, length=10):
     mask[2, 3:] = 0
     ids[mask == 0] = 0
     return ids, mask
-
-
-def torch_logits(model, ids, mask=None):
-    with torch.no_grad():
-        kw = {} if mask is None else {"attention_mask": torch.tensor(mask)}
-        return model(input_ids=torch.tensor(ids), **kw).logits.numpy()
-
-
-@functools.cache
-def _jitted(module):
-    return jax.jit(module.apply, static_argnames=("deterministic",))
-
-
-def apply(module, params, *args, **kwargs):
-    return _jitted(module)({"params": params}, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- parity
@@ -420,12 +407,7 @@ def test_every_param_has_logical_axis_names(name):
     else:
         module, args = MODELS[name](), (jnp.ones((1, 4), jnp.int32),)
     params = jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
-    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert len(leaves) > 10
-    for leaf in leaves:
-        assert isinstance(leaf, nn.Partitioned), type(leaf)
-        assert len(leaf.names) == len(leaf.value.shape)
-        assert all(n in axes.ALL for n in leaf.names), leaf.names
+    assert len(assert_logically_partitioned(params)) > 10
     specs = nn.get_partition_spec(params)
     spec = jax.sharding.PartitionSpec
     if name == "llama-gqa":

@@ -111,6 +111,16 @@ def apply(module, params, *args, method="__call__", **kwargs):
     return _jit(module, method)({"params": params}, *args, **kwargs)
 
 
+def max_diff_to_hf(module, params, model, seed):
+    """Max |ours - HF| over the real target tokens of `padded_pairs(seed)`, and |HF|'s max."""
+    src, src_mask, tgt, tgt_mask = padded_pairs(seed)
+    logits = apply(module, params, src, tgt, encoder_segment_ids=src_mask,
+                   decoder_segment_ids=tgt_mask)["logits"]
+    assert logits.dtype == jnp.float32
+    reference = hf_logits(model, src, src_mask, tgt, tgt_mask)
+    return np.abs(np.asarray(logits) - reference)[tgt_mask == 1].max(), np.abs(reference).max()
+
+
 # ------------------------------------------------------------------------------ parity
 
 
@@ -135,13 +145,8 @@ def test_logits_match_hf_with_padding(kind, tmp_root):
     module, config, params = ours(kind, tmp_root)
     assert config.tie_word_embeddings == (kind == "v1.0")
     assert ("lm_head" in params) == (kind != "v1.0")
-    src, src_mask, tgt, tgt_mask = padded_pairs(0)
-    logits = apply(module, params, src, tgt, encoder_segment_ids=src_mask,
-                   decoder_segment_ids=tgt_mask)["logits"]
-    reference = hf_logits(model, src, src_mask, tgt, tgt_mask)
-    diff = np.abs(np.asarray(logits) - reference)[tgt_mask == 1].max()
-    print(f"{kind}: max |ours - HF| = {diff:.2e} (|logits| up to {np.abs(reference).max():.1f})")
-    assert logits.dtype == jnp.float32
+    diff, scale = max_diff_to_hf(module, params, model, 0)
+    print(f"{kind}: max |ours - HF| = {diff:.2e} (|logits| up to {scale:.1f})")
     assert diff < 1e-4
 
 
@@ -277,11 +282,7 @@ def test_export_loads_in_transformers(kind, tmp_root, tmp_path):
     assert generation == {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     assert type(model) is model_cls
-    src, src_mask, tgt, tgt_mask = padded_pairs(2)
-    logits = apply(module, tuned, src, tgt, encoder_segment_ids=src_mask,
-                   decoder_segment_ids=tgt_mask)["logits"]
-    reference = hf_logits(model, src, src_mask, tgt, tgt_mask)
-    diff = np.abs(np.asarray(logits) - reference)[tgt_mask == 1].max()
+    diff, _ = max_diff_to_hf(module, tuned, model, 2)
     print(f"{kind}: exported HF vs ours max diff {diff:.2e}")
     assert diff < 1e-4
 
