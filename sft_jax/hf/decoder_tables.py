@@ -32,6 +32,7 @@ from sft_jax.hf.tables import (
     head_entries,
     log_unused,
     put,
+    same,
     take,
     to_numpy,
 )
@@ -51,6 +52,17 @@ def lm_head_entries(config: Any) -> list[Entry]:
 def score_entries(config: Any, num_labels: int) -> list[Entry]:
     """HF's bias-free `score` [C, D] <-> our classifier kernel [D, C]."""
     return head_entries(SCORE, config.hidden_size, num_labels, ())
+
+
+def qk_norm_entries(layer: int, head_dim: int) -> list[Entry]:
+    """The per-head q/k RMSNorm weights [H] of layer `layer`: HF
+    `layers.{layer}.self_attn.{q,k}_norm.weight` <-> our
+    `layer_{layer}/attention/{q,k}_norm/scale`."""
+    return [
+        same((f"layer_{layer}", "attention", name, "scale"),
+             f"layers.{layer}.self_attn.{name}.weight", (head_dim,))
+        for name in ("q_norm", "k_norm")
+    ]
 
 
 @dataclasses.dataclass(frozen=True)

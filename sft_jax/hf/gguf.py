@@ -61,6 +61,7 @@ import numpy as np
 
 from sft_jax.errors import UserInputError
 from sft_jax.hf.checkpoint_dir import CONFIG_FILE, WEIGHTS_FILE, save_state_dict
+from sft_jax.models import registry
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,15 @@ class _Arch:
     norm_plus_one: bool = False
 
 
+def _causal_lm(model_type: str) -> dict[str, Any]:
+    """The `architectures` (the family's causal LM class, from the registry) and
+    `model_type` fields of config.json."""
+    arch = registry.FAMILIES[model_type].architectures[model_type].causal_lm
+    return {"architectures": [arch], "model_type": model_type}
+
+
 def _llama_config(get: Callable[..., Any], base: dict[str, Any]) -> dict[str, Any]:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **base,
+    return {**_causal_lm("llama"), **base,
             "hidden_act": "silu", "rope_theta": get("rope.freq_base", 10000.0),
             "rope_scaling": None, "mlp_bias": False}
 
@@ -111,7 +119,7 @@ def _gemma3_config(get: Callable[..., Any], base: dict[str, Any]) -> dict[str, A
     (1/sqrt(hidden/heads) for the 62-layer 27B)."""
     layers, head_dim = base["num_hidden_layers"], base["head_dim"]
     scalar = base["hidden_size"] // base["num_attention_heads"] if layers == 62 else head_dim
-    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **base,
+    return {**_causal_lm("gemma3_text"), **base,
             "hidden_activation": "gelu_pytorch_tanh",
             "rope_theta": get("rope.freq_base", 1000000.0),
             "rope_local_base_freq": get("rope.freq_base_swa", 10000.0), "rope_scaling": None,

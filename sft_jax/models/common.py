@@ -108,6 +108,15 @@ def token_ids_to_hf(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def fields_to_hf(config: Any, *, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The dataclass fields of `config` that are HF config fields of the same name: all but
+    `skip` and `ModelConfig`'s own (dtype, param_dtype, remat_policy); tuples (layer types,
+    token ids) become JSON lists."""
+    ours = {"dtype", "param_dtype", "remat_policy", *skip}
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items() if k not in ours}
+
+
 @dataclasses.dataclass(frozen=True)
 class HfChecks:
     """What `ModelConfig.from_hf` checks first: the model_type (`default` when absent) is

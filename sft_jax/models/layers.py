@@ -131,9 +131,15 @@ def layer_norm(
 
 
 def rms_norm(
-    *, epsilon: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None
+    *,
+    epsilon: float,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+    axis: str = axes.EMBED,
 ) -> nn.RMSNorm:
-    """RMSNorm over the last axis (D) with an ('embed',) scale (Llama, T5).
+    """RMSNorm over the last axis (D) with an ('embed',) scale (Llama, T5); `axis` names
+    another last axis (Qwen3's per-head q/k norms: ('kv',)).
 
     `x / sqrt(mean(x²) + eps) * scale`, statistics in float32.
     """
@@ -141,7 +147,7 @@ def rms_norm(
         epsilon=epsilon,
         dtype=dtype,
         param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.EMBED,)),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,)),
         name=name,
     )
 
@@ -284,6 +290,20 @@ def dot_product_attention(
 
 QKTransform = Callable[[Array, Array], tuple[Array, Array]]
 
+
+
+def with_qk_norm(transform: QKTransform, norm: Callable[[str], nn.Module]) -> QKTransform:
+    """`transform` (e.g. RoPE) applied to `norm('q_norm')(q)` and `norm('k_norm')(k)`: the
+    per-head norms over H of q [B, T, N, H] and k [B, S, K, H] before the rotation.
+
+    `Attention` calls its `qk_transform` inside its own call, so the norms that `norm(name)`
+    builds there are children of the attention module (`.../attention/q_norm`).
+    """
+
+    def normed(q: Array, k: Array) -> tuple[Array, Array]:  # B T N H, B S K H
+        return transform(norm("q_norm")(q), norm("k_norm")(k))
+
+    return normed
 
 class Attention(nn.Module):
     """Multi-head (or grouped-query) attention: q/k/v projections, attention, out projection.

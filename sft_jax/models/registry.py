@@ -25,6 +25,8 @@ from sft_jax.models.heads import POOLINGS, SequenceClassifier
 FAMILY_PACKAGES = (
     "sft_jax.models.bert",
     "sft_jax.models.llama",
+    "sft_jax.models.qwen3",
+    "sft_jax.models.gemma3",
     "sft_jax.models.gpt2",
     "sft_jax.models.t5",
     "sft_jax.models.bart",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -191,3 +191,19 @@ def apply_rope(
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return x * cos + rotated * sin
+
+
+def rotation(
+    rope: Rope, head_dim: int, positions: Array  # positions: B T int
+) -> Callable[[Array, Array], tuple[Array, Array]]:
+    """The `qk_transform` of `layers.Attention` that rotates queries [B, T, N, H] and keys
+    [B, T, K, H] by `rope` at `positions`."""
+    inv_freq, scaling = inverse_frequencies(rope, head_dim)
+
+    def rotate(q: Array, k: Array) -> tuple[Array, Array]:
+        return (
+            apply_rope(q, positions, inv_freq, scaling),
+            apply_rope(k, positions, inv_freq, scaling),
+        )
+
+    return rotate

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, layers
 from sft_jax.models.decoder import DecoderLM
-from sft_jax.models.rope import Rope, apply_rope, inverse_frequencies
+from sft_jax.models.rope import Rope, rotation
 
 Array = jax.Array
 
@@ -288,15 +288,7 @@ class LlamaModel(DecoderLM):
     layer_cls = LlamaLayer
 
     def embed_inputs(self, x, positions, *, init, deterministic, dtype, param_dtype):
-        inv_freq, scaling = inverse_frequencies(self.config.rope, self.config.head_dim)
-
-        def rotate(q: Array, k: Array) -> tuple[Array, Array]:
-            return (
-                apply_rope(q, positions, inv_freq, scaling),
-                apply_rope(k, positions, inv_freq, scaling),
-            )
-
-        return x, (rotate,)
+        return x, (rotation(self.config.rope, self.config.head_dim, positions),)
 
     def final_norm(self, *, dtype, param_dtype):
         return layers.rms_norm(
