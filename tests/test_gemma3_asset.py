@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
@@ -122,6 +123,27 @@ def test_weights_logits_and_greedy_tokens_match_transformers_gguf_loader(torch_m
     assert outs[0] == outs[1] and len(outs[0]) == 8
 
 
+def test_our_flax_gemma3_matches_transformers_gguf_model(gemma_dir, torch_models):
+    """The real Gemma-3-270M in our flax Gemma 3: the logits of transformers' GGUF-loaded
+    PyTorch model (within the SmolLM2 test's 1e-3) and its greedy continuation through our
+    KV-cache decoder (sliding-window and global layers, two RoPE bases, tied head)."""
+    from sft_jax.generation import load_chat_model, loop
+
+    ref = torch_models[1]
+    chat = load_chat_model(str(gemma_dir))
+    ours = chat.module.apply({"params": chat.params}, np.asarray([PROMPT_IDS], np.int32))
+    with torch.no_grad():
+        theirs = ref(torch.tensor([PROMPT_IDS])).logits.numpy()
+        greedy = ref.generate(torch.tensor([PROMPT_IDS]), max_new_tokens=8, do_sample=False,
+                              attention_mask=torch.ones(1, len(PROMPT_IDS), dtype=torch.long))
+    diff = float(np.abs(np.asarray(ours["logits"]) - theirs).max())
+    print(f"max |logit diff| flax vs transformers' GGUF model: {diff:.3g}")
+    assert diff < 1e-3
+    [tokens] = loop.generate(chat.step, chat.params, chat.init_cache, [PROMPT_IDS],
+                             max_new_tokens=8, pad_id=chat.pad_id)
+    assert tokens == greedy[0, len(PROMPT_IDS):].tolist() and len(tokens) == 8
+
+
 # --------------------------------------------------------------- chunk checks, offline
 
 _FAKE_PARTS = [bytes(range(i, i + 100)) for i in range(4)]
@@ -183,3 +205,4 @@ def test_right_parts_of_a_wrong_whole_and_a_damaged_cache_are_refused(fake_packa
     with pytest.raises(UserInputError, match=r"^asset gemma3-270m: cached \S+ has 4 bytes "
                        r"and sha256 \w{64}, expected 253,113,024 .*; delete \S+ to rebuild it$"):
         assets.fetch("gemma3-270m")
+
