@@ -76,7 +76,10 @@ def test_custom_tokenizer_class_refused(tiny_bert_dir, tmp_path):
     path = model / "tokenizer_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()),
                                 "tokenizer_class": "EvilTokenizer"}))
-    with pytest.raises(UserInputError, match=r"tokenizer_config\.json.*'EvilTokenizer'"):
+    assert load_tokenizer(model) is not None  # transformers' generic tokenizer; no code
+    (model / "tokenization_evil.py").write_text("raise SystemExit('ran')\n")
+    with pytest.raises(UserInputError,
+                       match=r"tokenizer_config\.json: .*'EvilTokenizer'.*tokenization_evil\.py"):
         load_tokenizer(model)
 
 

@@ -70,8 +70,11 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
 def refuse_remote_code(model_dir: str | Path) -> None:
     """Raise `UserInputError` naming the file and field if `config.json` or
     `tokenizer_config.json` asks for code from the directory: `auto_map`,
-    `custom_pipelines`, or a `tokenizer_class` that transformers does not define."""
+    `custom_pipelines`, or, in a directory holding Python files, a `tokenizer_class` that
+    transformers does not define. (Without Python files such a name is one transformers
+    dropped, e.g. `MT5Tokenizer`, and it loads its generic fast tokenizer for it.)"""
     root = Path(model_dir)
+    code = sorted(p.name for p in root.glob("*.py"))
     for name in (CONFIG_FILE, TOKENIZER_CONFIG_FILE):
         path = root / name
         data = _read_json(path) if path.is_file() else None
@@ -84,10 +87,10 @@ def refuse_remote_code(model_dir: str | Path) -> None:
                     "never run; remove the field to load the model with transformers' classes"
                 )
         tokenizer_class = data.get("tokenizer_class")
-        if tokenizer_class is not None and not _known_tokenizer_class(tokenizer_class):
+        if code and tokenizer_class is not None and not _known_tokenizer_class(tokenizer_class):
             raise UserInputError(
                 f"{path}: field 'tokenizer_class' names {tokenizer_class!r}, which transformers "
-                "does not define (custom tokenizer code is never run)"
+                f"does not define; the directory's own code ({code[0]}) is never run"
             )
 
 
