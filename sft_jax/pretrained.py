@@ -33,6 +33,8 @@ from sft_jax.hf.checkpoint_dir import (
     load_state_dict,
     model_dir_path,
     read_config,
+    refuse_remote_code,
+    weight_files,
 )
 from sft_jax.hf.export import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE
 from sft_jax.models import registry
@@ -53,28 +55,57 @@ class Pretrained(NamedTuple):
 
 
 def resolve_model_dir(path_or_asset: str | Path) -> Path:
-    """A local directory as is; otherwise an asset name fetched by `sft_jax.assets`."""
+    """A local directory as is; otherwise an asset name fetched by `sft_jax.assets`.
+    Either is refused if it names its own Python code (`refuse_remote_code`)."""
     path = Path(path_or_asset).expanduser()
     if path.exists():
-        return model_dir_path(path)
-    from sft_jax import assets
+        root = model_dir_path(path)
+    else:
+        from sft_jax import assets
 
-    name = str(path_or_asset)
-    if assets.is_asset(name):
-        return Path(assets.fetch(name))
-    raise UserInputError(f"{path_or_asset}: neither a model directory nor a known asset name")
+        name = str(path_or_asset)
+        if not assets.is_asset(name):
+            raise UserInputError(
+                f"{path_or_asset}: neither a model directory nor a known asset name")
+        root = Path(assets.fetch(name))
+    refuse_remote_code(root)
+    return root
+
+
+def has_tokenizer(model_dir: str | Path) -> bool:
+    """Whether `model_dir` holds any tokenizer file."""
+    return any((Path(model_dir) / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def check_model_files(model_dir: str | Path, *, tokenizer: bool = True) -> None:
+    """Raise one `UserInputError` naming what `model_dir` lacks: its weights (see
+    `weight_files`) and, with `tokenizer`, its tokenizer files (both, when both are gone)."""
+    root = Path(model_dir)
+    no_tokenizer = tokenizer and not has_tokenizer(root)
+    missing = f"no tokenizer files ({', '.join(_TOKENIZER_FILES)})"
+    try:
+        weight_files(root)
+    except UserInputError as err:
+        if no_tokenizer:
+            raise UserInputError(f"{err}; and {missing}") from None
+        raise
+    if no_tokenizer:
+        raise UserInputError(f"{root}: {missing} in model directory")
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:
-    """`AutoTokenizer.from_pretrained(model_dir)` (local files only); None if none there."""
+    """`AutoTokenizer.from_pretrained(model_dir)` (local files only, never the directory's
+    own code: see `refuse_remote_code`); None if no tokenizer files are there."""
     root = Path(model_dir)
-    if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+    if not has_tokenizer(root):
         log.warning("%s: no tokenizer files; tokenizer is None", root)
         return None
+    refuse_remote_code(root)
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(root), local_files_only=True,
+                                             trust_remote_code=False)
     except (OSError, ValueError) as err:
         message = " ".join(str(err).split())
         raise UserInputError(f"{root}: cannot load the tokenizer: {message}") from err

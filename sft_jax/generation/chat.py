@@ -71,9 +71,11 @@ class ChatModel:
 
 
 def load_chat_model(path_or_asset: str, chat_template: str | None = None) -> ChatModel:
-    """The ChatModel of a decoder-only HF directory or asset (weights included)."""
-    from sft_jax.pretrained import load_pretrained
+    """The ChatModel of a decoder-only HF directory or asset (weights included); missing
+    weights or tokenizer files are one error naming the directory."""
+    from sft_jax.pretrained import check_model_files, load_pretrained, resolve_model_dir
 
+    check_model_files(resolve_model_dir(path_or_asset))
     model = load_pretrained(path_or_asset)
     if registry.family_of(model.config).kind != "decoder":
         raise UserInputError(f"--model: {path_or_asset} is not a decoder-only model")

@@ -2,12 +2,16 @@
 
 Only safetensors are read. Pickle checkpoints (`pytorch_model.bin`, `*.pt`) can run
 arbitrary code when loaded, so they are refused with a hint on how to convert them.
-Nothing here touches the network.
+Likewise a directory that names its own Python code (`auto_map`, `custom_pipelines`, a
+tokenizer class transformers lacks) is refused by `refuse_remote_code` before transformers
+reads it: no code from a model directory is ever run, and nothing is asked on stdin.
+Nothing here touches the network. Written files get the ordinary mode (0666 less umask).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,9 @@ from sft_jax.errors import UserInputError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Fields naming Python files of the directory (or the hub) for transformers to import.
+REMOTE_CODE_FIELDS = ("auto_map", "custom_pipelines")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 # safetensors dtype codes numpy lacks natively (the numpy loader raises on them).
@@ -58,6 +65,39 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UserInputError(f"{path}: expected a JSON object")
     return config
+
+
+def refuse_remote_code(model_dir: str | Path) -> None:
+    """Raise `UserInputError` naming the file and field if `config.json` or
+    `tokenizer_config.json` asks for code from the directory: `auto_map`,
+    `custom_pipelines`, or, in a directory holding Python files, a `tokenizer_class` that
+    transformers does not define. (Without Python files such a name is one transformers
+    dropped, e.g. `MT5Tokenizer`, and it loads its generic fast tokenizer for it.)"""
+    root = Path(model_dir)
+    code = sorted(p.name for p in root.glob("*.py"))
+    for name in (CONFIG_FILE, TOKENIZER_CONFIG_FILE):
+        path = root / name
+        data = _read_json(path) if path.is_file() else None
+        if not isinstance(data, dict):
+            continue
+        for field in REMOTE_CODE_FIELDS:
+            if data.get(field):
+                raise UserInputError(
+                    f"{path}: field {field!r} names the directory's own Python code, which is "
+                    "never run; remove the field to load the model with transformers' classes"
+                )
+        tokenizer_class = data.get("tokenizer_class")
+        if code and tokenizer_class is not None and not _known_tokenizer_class(tokenizer_class):
+            raise UserInputError(
+                f"{path}: field 'tokenizer_class' names {tokenizer_class!r}, which transformers "
+                f"does not define; the directory's own code ({code[0]}) is never run"
+            )
+
+
+def _known_tokenizer_class(name: Any) -> bool:
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    return isinstance(name, str) and tokenizer_class_from_name(name) is not None
 
 
 def weight_files(model_dir: str | Path) -> list[Path]:
@@ -134,8 +174,17 @@ def load_state_dict(model_dir: str | Path) -> dict[str, np.ndarray]:
 def save_state_dict(
     state: dict[str, np.ndarray], path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
-    """Write `state` as one safetensors file (arrays made contiguous first)."""
+    """Write `state` as one safetensors file (arrays made contiguous first), mode 0666
+    less the umask like any other written file."""
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     save_file(arrays, str(path), metadata={"format": "pt", **(metadata or {})})
+    # safetensors writes a private temporary file (0600) and renames it into place.
+    Path(path).chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -66,8 +66,10 @@ _GENERATION_FIELDS = (
     "early_stopping",
     "bad_words_ids",
 )
-# Fields of the source config.json that describe the old file, not the exported one.
-_DROPPED = ("_name_or_path", "architectures", "torch_dtype", "dtype", "transformers_version")
+# Fields of the source config.json that describe the old file, not the exported one, or
+# that point at Python code the export does not hold (and that is never run).
+_DROPPED = ("_name_or_path", "architectures", "torch_dtype", "dtype", "transformers_version",
+            "auto_map", "custom_pipelines", "trust_remote_code")
 
 
 def _labels(num_labels: int, id2label: Mapping[int, str] | None) -> dict[str, str]:

@@ -350,7 +350,8 @@ def _save_tokenizer(path: Path, out: Path, max_length: int) -> None:
             shutil.copyfile(path, link)
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                alone, gguf_file=path.name, local_files_only=True, model_max_length=max_length)
+                alone, gguf_file=path.name, local_files_only=True, trust_remote_code=False,
+                model_max_length=max_length)
         except (OSError, ValueError, KeyError, NotImplementedError) as err:
             raise UserInputError(f"{path}: cannot build the tokenizer from the GGUF metadata: "
                                  f"{err}") from err

@@ -45,7 +45,12 @@ from sft_jax.errors import UserInputError
 from sft_jax.hf import export as hf_export
 from sft_jax.hf.checkpoint_dir import read_config
 from sft_jax.models import registry
-from sft_jax.pretrained import load_tokenizer, pretrained_params, resolve_model_dir
+from sft_jax.pretrained import (
+    check_model_files,
+    load_tokenizer,
+    pretrained_params,
+    resolve_model_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +139,13 @@ class TaskBase:
 
     def use_checkpoint(self, tokenizer: str = "") -> None:
         """model_dir, tokenizer and hf_config (dropout override applied) of
-        `model.checkpoint`; `tokenizer` (`model.tokenizer`) replaces its tokenizer."""
+        `model.checkpoint`; `tokenizer` (`model.tokenizer`) replaces its tokenizer. Missing
+        weights or tokenizer files are one error, before anything is loaded."""
         self.model_dir = resolve(self.config.model.checkpoint, "model.checkpoint")
+        try:
+            check_model_files(self.model_dir, tokenizer=not tokenizer)
+        except UserInputError as err:
+            raise UserInputError(f"model.checkpoint: {err}") from None
         if tokenizer:
             self.tokenizer = tokenizer_from(tokenizer, "model.tokenizer")
         else:

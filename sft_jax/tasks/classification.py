@@ -76,7 +76,7 @@ class ClassificationTask(TaskBase):
         evaluation-only run keeps the same label ids."""
         path = workdir / "labels.json"
         if path.exists():
-            return json.loads(path.read_text())
+            return _read_labels(path)
         if "train" not in self.records:
             raise UserInputError(
                 f"data.train: needed to build the label vocabulary (no {path} from an earlier run)"
@@ -185,3 +185,17 @@ class ClassificationTask(TaskBase):
 
     def export(self, out_dir: Path, params) -> None:
         super().export(out_dir, params, id2label=dict(enumerate(self.label_names)))
+
+
+def _read_labels(path: Path) -> list[str]:
+    """The label names kept in `path` by an earlier run (a JSON list of strings)."""
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: corrupt label vocabulary ({err}); delete it to rebuild "
+                             "it from data.train") from None
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(n, str) for n in names)):
+        raise UserInputError(f"{path}: corrupt label vocabulary (expected a JSON list of at "
+                             "least 2 label strings); delete it to rebuild it from data.train")
+    return names
