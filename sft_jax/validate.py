@@ -244,8 +244,8 @@ def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str,
     out: dict[str, Any] = {}
     for name, value in config.items():
         key = prefix + name
-        if isinstance(value, ml_collections.ConfigDict) and RULES.get(key, Rule("")).kind \
-                != "dict":
+        rule = RULES.get(key)
+        if isinstance(value, ml_collections.ConfigDict) and (rule is None or rule.kind != "dict"):
             out.update(flat_items(value, key + "."))
         else:
             out[key] = value
