@@ -2,7 +2,8 @@
 
 Every hyper-parameter of a run lives here or in the task file: nothing is hidden in a
 loss or a step function. Sections: model, data, optim, peft, train, eval, mesh,
-checkpoint, distributed, plus the top-level `task` and `seed`.
+checkpoint, distributed, plus the top-level `task` and `seed`. Each key's type and range
+is a rule in `sft_jax.validate.RULES`, checked before a run touches anything.
 """
 
 import ml_collections

@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sft_jax import optim, parallel, peft, placement, steps, tasks
+from sft_jax import optim, parallel, peft, placement, steps, tasks, validate
 from sft_jax import state as state_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
@@ -112,6 +112,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.started = time.perf_counter()
+        validate.check_config(config)  # every value, before the workdir, model or data
         _check_config(config)
         self.config = config
         self.replicas = int(config.train.replicas)

@@ -90,7 +90,7 @@ def _json_lines(f, path: str) -> Iterator[dict]:
             yield from _json_array(line + f.read(), path)
             return
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.rstrip("\r\n"))  # an error at its end names its column
         except json.JSONDecodeError as err:
             raise UserInputError(f"{path}:{lineno}: malformed JSON: {err.msg} "
                                  f"(column {err.colno})") from None
@@ -103,7 +103,7 @@ def _json_lines(f, path: str) -> Iterator[dict]:
 
 def _json_array(text: str, path: str) -> Iterator[dict]:
     try:
-        items = json.loads(text)
+        items = json.loads(text.rstrip())
     except json.JSONDecodeError as err:
         raise UserInputError(f"{path}:{err.lineno}: malformed JSON: {err.msg} "
                              f"(column {err.colno})") from None

@@ -5,7 +5,9 @@ dropout override, chat encoding and packing, token-level loss and perplexity eva
 with its place `_where`), `stats` (logged once) and the rows the train loop reads
 (`_train_rows`, `_eval_rows`). A task calls, in its constructor:
   read_records(check)       data.train / validation / test, cut to data.limit_train /
-                            data.limit_eval, each record passed to `check`
+                            data.limit_eval, each record passed to `check` (before the
+                            model loads; `check_field` gives the one message for a
+                            missing or mistyped field)
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
@@ -80,6 +82,34 @@ def checkpoint_kind(config: ml_collections.ConfigDict) -> str | None:
         return None
     model_dir = resolve(config.model.checkpoint, "model.checkpoint")
     return registry.get_family(read_config(model_dir), where=f"{model_dir}/config.json").kind
+
+
+# What a record field's value is, in messages: JSON's names for Python's types.
+_JSON_KINDS = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
+               (list, "a list"), (dict, "an object"))
+
+
+def _json_kind(value: Any) -> str:
+    return next((name for t, name in _JSON_KINDS if isinstance(value, t)),
+                type(value).__name__)
+
+
+def check_field(record: Mapping[str, Any], field: str, key: str,
+                types: tuple[type, ...] = (str,)) -> None:
+    """A `UserInputError` naming the record's place, `field` and its config `key` when the
+    record lacks the field (or holds null) or its value is none of `types` (a boolean is
+    not a number here): `x.jsonl:3: field 'text' is a number, expected a string
+    (data.text_field)`."""
+    where = record.get("_where", "record")
+    if field not in record or record[field] is None:
+        fields = ", ".join(sorted(k for k in record if not k.startswith("_")))
+        raise UserInputError(f"{where}: missing field {field!r} ({key}; the record has: "
+                             f"{fields})")
+    value = record[field]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        expected = " or ".join(dict.fromkeys(_json_kind(t()) for t in types))
+        raise UserInputError(f"{where}: field {field!r} is {_json_kind(value)}, expected "
+                             f"{expected} ({key})")
 
 
 def token_outputs(losses: jax.Array, weights: jax.Array, batch: dict) -> dict[str, jax.Array]:

@@ -22,16 +22,19 @@ import optax
 from sft_jax import metrics as metrics_lib
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
-from sft_jax.tasks.base import TaskBase
+from sft_jax.tasks.base import TaskBase, check_field
+
+# A label is a class name or id; its string form is the class (`labels.json`).
+LABEL_TYPES = (str, int, bool)
 
 
 class ClassificationTask(TaskBase):
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
         data = config.data
-        self.use_checkpoint()
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
-        self.read_records(self._check_fields)
+        self.read_records(self._check_fields)  # bad records stop the run before the model loads
+        self.use_checkpoint()
 
         self.label_names = self._label_vocabulary(self.workdir)
         self.label_ids = {name: i for i, name in enumerate(self.label_names)}
@@ -61,12 +64,9 @@ class ClassificationTask(TaskBase):
     # Set-up ------------------------------------------------------------------------------
 
     def _check_fields(self, record: dict) -> None:
-        keys = [(f, f"data.{'text_field' if i == 0 else 'text_pair_field'}")
-                for i, f in enumerate(self.fields)]
-        keys.append((self.config.data.label_field, "data.label_field"))
-        for field, key in keys:
-            if field not in record or record[field] is None:
-                raise UserInputError(f"{record['_where']}: missing field {field!r} ({key})")
+        for i, field in enumerate(self.fields):
+            check_field(record, field, f"data.{'text_field' if i == 0 else 'text_pair_field'}")
+        check_field(record, self.config.data.label_field, "data.label_field", LABEL_TYPES)
 
     def _label_key(self, record: dict) -> str:
         return str(record[self.config.data.label_field])

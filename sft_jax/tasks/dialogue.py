@@ -33,6 +33,7 @@ class DialogueTask(TaskBase):
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
         data = config.data
+        self.read_records(chat.conversation)  # bad records stop the run before the model loads
         self.use_checkpoint()
         where = f"{self.model_dir}/config.json"
         if self.build(where) != "decoder":
@@ -46,7 +47,6 @@ class DialogueTask(TaskBase):
         self.template = data.chat_template or None
         self.chat_model = ChatModel(self.module, self.module_config, None, self.tokenizer,
                                     self.template)
-        self.read_records()
         for split, records in self.records.items():
             kept = self.encode_chat(
                 split, records, lambda r: r, loss_on=data.loss_on,

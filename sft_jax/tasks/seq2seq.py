@@ -20,6 +20,7 @@ collective step every process takes; process 0 writes predictions/<split>.jsonl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -32,15 +33,19 @@ import ml_collections
 import numpy as np
 
 from sft_jax import metrics as metrics_lib
-from sft_jax.data import seq2seq as s2s
+from sft_jax import validate
 from sft_jax.errors import UserInputError
 from sft_jax.generation import Sampling
-from sft_jax.tasks.base import TaskBase, checkpoint_kind, row_loss, token_metrics, token_outputs
+from sft_jax.tasks.base import (
+    TaskBase,
+    check_field,
+    checkpoint_kind,
+    row_loss,
+    token_metrics,
+    token_outputs,
+)
 
 log = logging.getLogger(__name__)
-
-METRICS = ("bleu", "chrf", "rouge")
-
 
 def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: float
                            ) -> jax.Array:
@@ -53,35 +58,9 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: flo
     return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
 
 
-def check_config(c: ml_collections.ConfigDict) -> None:
-    """The seq2seq keys' values, before any data or model is read."""
-    for key in ("data.source_field", "data.target_field"):
-        section, name = key.split(".")
-        if not c[section][name]:
-            raise UserInputError(f"{key}: must name a field of the records")
-    for key in ("data.max_source_length", "data.max_target_length"):
-        section, name = key.split(".")
-        if c[section][name] < 2:
-            raise UserInputError(f"{key}: must be at least 2, got {c[section][name]}")
-    if not 0.0 <= c.train.label_smoothing < 1.0:
-        raise UserInputError(f"train.label_smoothing: {c.train.label_smoothing} is not "
-                             "in [0, 1)")
-    unknown = [m for m in c.eval.metrics if m not in METRICS]
-    if unknown:
-        raise UserInputError(f"eval.metrics: unknown {unknown} (known: {', '.join(METRICS)})")
-    ev = c.eval
-    if ev.num_beams < 1 or ev.generation_batch_size < 1 or ev.generate_limit < 0:
-        raise UserInputError("eval.num_beams and eval.generation_batch_size must be >= 1, "
-                             "eval.generate_limit >= 0")
-    if c.eval.metrics and ev.max_new_tokens < 1:
-        raise UserInputError("eval.max_new_tokens: must be >= 1 when eval.metrics is set")
-    s2s.check_template(c.data.source_prefix, "data.source_prefix")
-    s2s.check_template(c.data.prompt_template, "data.prompt_template")
-
-
 def seq2seq_task(config: ml_collections.ConfigDict, workdir: Path) -> Seq2SeqBase:
     """The seq2seq task for this config's model (see the module docstring)."""
-    check_config(config)
+    validate.check_config(config)
     if checkpoint_kind(config) == "decoder":
         from sft_jax.tasks.prompted import PromptedTask
 
@@ -89,6 +68,13 @@ def seq2seq_task(config: ml_collections.ConfigDict, workdir: Path) -> Seq2SeqBas
     from sft_jax.tasks.encdec import EncDecTask
 
     return EncDecTask(config, workdir)
+
+
+def check_record(data: ml_collections.ConfigDict, record: dict) -> None:
+    """The record's source and target fields (`data.source_field`, `data.target_field`)
+    are there and hold strings."""
+    for key in ("source_field", "target_field"):
+        check_field(record, data[key], f"data.{key}")
 
 
 def record_fields(record: dict) -> dict[str, Any]:
@@ -106,8 +92,8 @@ class Seq2SeqBase(TaskBase):
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
-        check_config(config)
-        self.read_records(self._check_record)
+        validate.check_config(config)
+        self.read_records(functools.partial(check_record, config.data))
         self._decoded: dict[str, tuple[Any, list[str]]] = {}  # split -> (params, texts)
         self.setup_model()
         self.build_features()
@@ -119,18 +105,6 @@ class Seq2SeqBase(TaskBase):
 
     def build_features(self) -> None:
         raise NotImplementedError
-
-    def _check_record(self, record: dict) -> None:
-        data = self.config.data
-        for key in ("source_field", "target_field"):
-            field = data[key]
-            if field not in record or record[field] is None:
-                fields = ", ".join(sorted(record_fields(record)))
-                raise UserInputError(f"{record['_where']}: missing field {field!r} "
-                                     f"(data.{key}; the record has: {fields})")
-            if not isinstance(record[field], str):
-                raise UserInputError(f"{record['_where']}: field {field!r} (data.{key}) must "
-                                     f"be a string, got {type(record[field]).__name__}")
 
     def use_seq2seq_checkpoint(self) -> None:
         """`use_checkpoint` with `model.tokenizer`, noting an unused `model.from_scratch`."""
