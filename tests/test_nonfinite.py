@@ -67,24 +67,19 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_skip_drops_the_bad_updates_and_finishes_finite(tmp_path, tiny):
     from sft_jax import runs, train
 
-    config = apply_overrides(load_config(), {**tiny, **DIVERGE, "train.on_nonfinite": "skip",
-                                             "checkpoint.every": 0, "train.eval_every": 0})
+    config = apply_overrides(load_config(), {
+        **tiny, **DIVERGE, "train.on_nonfinite": "skip", "data.validation": "",
+        "data.test": "", "checkpoint.every": 0, "checkpoint.export": False})
     trainer = train.Trainer(config, tmp_path)
-    results = trainer.train_and_evaluate()
+    trainer.train_and_evaluate()
     assert all_finite(trainer.state.params)
     assert int(np.asarray(trainer.state.step)) == 4  # the step counter still advances
-    assert math.isfinite(results["test"]["accuracy"])
 
     records = strict_records(tmp_path)
     train_rows = [r for r in records if r["split"] == "train"]
     assert [r["nonfinite_steps"] for r in train_rows] == [0, 1, 1, 1]
     assert [r["nonfinite_steps"] for r in records if r["split"] == "session"] == [3]
-    strict_json((tmp_path / "results.json").read_text())
-    from safetensors.numpy import load_file
-
-    assert all_finite(load_file(str(tmp_path / "export" / "model.safetensors")))
-    read = runs.read_records(tmp_path)
-    assert read[-1]["split"] == "session"
+    assert runs.read_records(tmp_path)[-1]["nonfinite_steps"] == 3
 
 
 def _toy_step(on_nonfinite: str, replicas: bool = False):
