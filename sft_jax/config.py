@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.log_every = 50
     config.train.eval_every = 500  # 0 = only at the end
     config.train.progress_bar = True
+    # A step whose loss, gradient norm or updated params' norm is not finite: stop (exit
+    # status 3, the last good checkpoint kept) | skip (that update is not applied) | ignore
+    config.train.on_nonfinite = "stop"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64

@@ -46,3 +46,12 @@ def flag_error(exc: Exception, argv: list[str]) -> str:
         if f"'{key.rsplit('.', 1)[-1]}'" in text or key in text:
             return f"--config.{key}: no such config key or bad value ({message})"
     return message
+
+
+class NonFiniteError(Exception):
+    """Training met a non-finite loss, gradient norm or parameter norm under
+    `train.on_nonfinite=stop`; nothing of the diverged state was saved or exported.
+    `str(err)` is one line naming the step and the last good checkpoint; the CLI prints it
+    and exits with `exit_status`."""
+
+    exit_status = 3

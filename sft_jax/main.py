@@ -4,7 +4,8 @@
         [--config.train.steps=0] [--config.KEY=VALUE ...]
 
 Intentionally thin: everything else is importable from a notebook or a test. Bad input
-(sft_jax.errors.UserInputError) prints one line and exits with status 2.
+(sft_jax.errors.UserInputError) prints one line and exits with status 2; a run stopped by
+its non-finite guard (sft_jax.errors.NonFiniteError) prints one line and exits with 3.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sft_jax.errors import UserInputError, flag_error
+from sft_jax.errors import NonFiniteError, UserInputError, flag_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, export.")
@@ -47,6 +48,9 @@ def main(argv: list[str]) -> None:
         results = train.train_and_evaluate(config, FLAGS.workdir)
     except UserInputError as err:
         _fail(str(err))
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_status)
     except train.StopRequested as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)

@@ -30,15 +30,19 @@ The file formats (what `sft_jax.main` writes; this docstring is their reference)
     (0..K-1); replica k is equivalent to an independent run with seed `seed + k`. A record
     without `replica` belongs to every replica. A resumed run appends, so a (split, step,
     replica, final) may appear more than once: the last record wins. Non-finite values
-    may be written as strings (`"nan"`, `"inf"`): they read as NaN. A line that is not
-    JSON (a crash mid-write) is skipped.
+    are written as `null` (strict JSON; older runs wrote strings such as `"nan"`): both
+    read as NaN. Train records also hold `nonfinite_steps`, the steps since the previous
+    train record whose loss, gradient norm or updated params' norm was not finite (under
+    `train.on_nonfinite=skip`, updates not applied); the `session` record holds the
+    session's total. A line that is not JSON (a crash mid-write) is skipped.
 
 `RUN/results.json`
     Final metrics by split: `{"validation": {"accuracy": 0.81, ..., "params_from":
     "best accuracy at step 200"}, "test": {...}}`. With K > 1 replicas the splits hold
     the means, plus `"std": {split: {...}}` and `"replicas": [{"replica": k, "seed": s,
-    split: {...}, ...}, ...]`. A run without `results.json` is unfinished (in progress or
-    failed).
+    split: {...}, ...}, ...]`. Non-finite values are `null` (read as NaN). A run without
+    `results.json` is unfinished (in progress or failed, e.g. stopped by
+    `train.on_nonfinite=stop` with exit status 3).
 
 `SWEEP/sweep.json` (optional; runs made by hand have none)
     `{"runs": [{"name": ..., "overrides": {"optim.learning_rate": 1e-4, "seed": 1},
@@ -114,6 +118,9 @@ def find_runs(path: str | Path) -> list[Path]:
 
 
 def _number(value: Any) -> Any:
+    """A metric value as read: null and non-finite spellings become NaN."""
+    if value is None:
+        return math.nan
     if isinstance(value, str) and value.strip().lower() in _NONFINITE:
         return math.nan
     if isinstance(value, float) and not math.isfinite(value):
@@ -142,7 +149,8 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and "split" in record and "step" in record:
-            records.append({k: _number(v) for k, v in record.items()})
+            records.append({k: v if k in RECORD_KEYS else _number(v)
+                            for k, v in record.items()})
     return records
 
 

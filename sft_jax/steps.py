@@ -9,6 +9,12 @@ Partial training (`sft_jax.peft`): given `combine(trainable, frozen) -> params`,
 takes the frozen params as a fourth argument (not donated) and differentiates the loss of
 `combine(state.params, frozen)` with respect to `state.params` (the trainable tree) only;
 the optimizer and the metrics (`grad_norm`, `param_norm`) see the trainable tree.
+
+Non-finite guard: every step's metrics hold `finite` (1.0, or 0.0 when the loss, the
+gradient norm or the updated params' norm is not finite), computed on device. With
+`on_nonfinite="skip"` a non-finite update is not applied (params and optimizer state are
+kept; the step counter still advances). `nonfinite_tracker` folds the flags of the steps
+between two host checks on device, so the loop reads them only where it syncs anyway.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ def make_train_step(
     schedule: optax.Schedule,
     axis_name: str | None = None,
     combine: Callable[[Any, Any], Any] | None = None,
+    on_nonfinite: str = "stop",
 ) -> Callable[..., tuple[TrainState, dict]]:
     """`train_step(state, batch, rng) -> (state, metrics)`; batch leaves are [k, b, ...].
-    With `combine`: `train_step(state, batch, rng, frozen)`."""
+    With `combine`: `train_step(state, batch, rng, frozen)`. `on_nonfinite="skip"` keeps
+    the params and optimizer state of a step whose `finite` flag is 0; any other value
+    applies every update (the loop decides what a flag means)."""
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array, frozen=None):
         if combine is None:
@@ -70,12 +79,21 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        loss, grad_norm, param_norm = loss_sum / denom, optax.global_norm(grads), \
+            optax.global_norm(params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+        if on_nonfinite == "skip":
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                             (params, opt_state),
+                                             (state.params, state.opt_state))
+            param_norm = jnp.where(finite, param_norm, optax.global_norm(state.params))
         metrics = {
-            "loss": loss_sum / denom,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
             "learning_rate": schedule(state.step),
             "weight": weight,
+            "finite": finite.astype(jnp.float32),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -88,6 +106,25 @@ def over_replicas(train_step, frozen: bool = False):
     ([K, k, b, ...]) and the rng ([K] keys); frozen params (if any) are shared."""
     in_axes = (0, 0, 0, None) if frozen else (0, 0, 0)
     return jax.vmap(train_step, in_axes=in_axes)
+
+
+def nonfinite_tracker(mode: str) -> Callable:
+    """`track(tracker, finite, step) -> tracker`, compiled for the placement `mode`
+    (`jit` or `pmap`): `tracker` is None (nothing seen since the last host check) or
+    (count, first), int32 arrays shaped like the step's `finite` metric ([] or [K]
+    replicas; a leading device axis under pmap): how many steps since then had a 0 flag
+    and the first of them (0 if none)."""
+
+    def track(tracker, finite, step):
+        bad = (finite == 0).astype(jnp.int32)
+        count, first = tracker if tracker is not None else (
+            jnp.zeros_like(bad), jnp.zeros_like(bad))
+        first = jnp.where((bad > 0) & (count == 0), jnp.asarray(step, jnp.int32), first)
+        return count + bad, first
+
+    if mode == "pmap":
+        return jax.pmap(track, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
+    return jax.jit(track)
 
 
 def compile_train_step(train_step, mode: str, mesh: Mesh | None, state_shardings=None,

@@ -19,12 +19,18 @@ Checkpoints hold all replicas; each replica keeps its own best params
 (`best/replica-k/`), is evaluated alone and writes `predictions/replica-k/`,
 `export/replica-k/`; metrics.jsonl records carry `"replica": k`, and results.json holds
 the mean and std over replicas beside each replica's results.
+
+Non-finite guard (`train.on_nonfinite`): each step flags on device whether its loss,
+gradient norm and updated params' norm are finite; the loop reads the flags only where it
+syncs anyway (logging, saving, evaluating). `stop` raises `NonFiniteError` at the first
+such read after a bad step, before anything of that state is saved, chosen as best or
+exported; `skip` drops the bad updates on device (per replica); `ignore` trains on. A
+state that had a bad step is never chosen as best, and neither is a non-finite metric.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -40,9 +46,9 @@ from sft_jax import optim, parallel, peft, placement, steps, tasks, validate
 from sft_jax import state as state_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
-from sft_jax.errors import UserInputError
+from sft_jax.errors import NonFiniteError, UserInputError
 from sft_jax.models.layers import count_params
-from sft_jax.writers import MetricWriter, Progress
+from sft_jax.writers import MetricWriter, Progress, to_json
 
 
 class StopRequested(Exception):
@@ -83,6 +89,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     train = config.train
     if train.parallelism not in ("jit", "pmap"):
         raise UserInputError(f"train.parallelism: {train.parallelism!r} is not jit or pmap")
+    if train.on_nonfinite not in ("stop", "skip", "ignore"):
+        raise UserInputError(f"train.on_nonfinite: {train.on_nonfinite!r} is not stop, skip "
+                             f"or ignore")
     if train.steps < 0:
         raise UserInputError("train.steps: must be >= 0")
     if train.replicas < 1:
@@ -132,6 +141,11 @@ class Trainer:
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base,
                                        replicas=self.replicas)
         self.writer = MetricWriter(self.workdir)
+        # Non-finite steps per replica: since the last train record, in this session, and
+        # the first one (0: none) of a replica whose state took a non-finite update.
+        self.nonfinite_unlogged = np.zeros(self.replicas, int)
+        self.nonfinite_total = np.zeros(self.replicas, int)
+        self.nonfinite_first = np.zeros(self.replicas, int)
 
     def _setup_state_and_steps(self) -> None:
         """The (replicas') state, sharded where it lives, and the compiled steps."""
@@ -154,12 +168,15 @@ class Trainer:
         train_step = steps.make_train_step(
             self.task.loss_fn, self.tx, self.schedule,
             axis_name=self.placement.axis_name, combine=combine,
+            on_nonfinite=config.train.on_nonfinite,
         )
         if self.replicas > 1:
             train_step = steps.over_replicas(train_step, frozen=combine is not None)
         self.train_step = self.placement.compile_train_step(train_step, self.state_shardings,
                                                             frozen=combine is not None)
         self.eval_step = self.placement.compile_eval_step(self.task.eval_fn)
+        self.track_nonfinite = steps.nonfinite_tracker(self.placement.mode)
+        self._tracker = None  # the steps' flags since the last read, folded on device
         self.adapter = None
         if self.peft is not None:
             self._setup_peft(combine)
@@ -361,6 +378,8 @@ class Trainer:
                     batch = self._next_batch(iterators)
                     self.state, metrics = self.train_step(self.state, batch, self.rng)
                     step += 1
+                    self._tracker = self.track_nonfinite(self._tracker, metrics["finite"],
+                                                         step)
                     log_now = step % config.train.log_every == 0 or step == self.total_steps
                     if log_now:
                         now = time.perf_counter()
@@ -371,6 +390,7 @@ class Trainer:
                         progress.update()
                     eval_now = config.train.eval_every and step % config.train.eval_every == 0
                     if eval_now and periodic in eval_features and step < self.total_steps:
+                        self._check_nonfinite()
                         self._periodic_eval(step, periodic, eval_features[periodic])
                     if (config.checkpoint.every and step % config.checkpoint.every == 0) or (
                             stop.requested):
@@ -390,7 +410,7 @@ class Trainer:
         self.checkpoints.close()
         self.writer.write(step, "session", {
             "seconds": time.perf_counter() - self.started, "train_seconds": train_seconds,
-            "start_step": start})
+            "start_step": start, "nonfinite_steps": int(self.nonfinite_total.sum())})
         self.writer.close()
         return results
 
@@ -398,13 +418,52 @@ class Trainer:
         """Writes the step's train metrics (one record per replica); returns the loss
         (the mean over replicas) for the progress bar."""
         values = self.placement.host_metrics(metrics)
+        del values["finite"]  # read through the tracker: it holds every step since the last log
+        self._read_nonfinite()
         for k in range(self.replicas):
             record = {name: float(v if self.replicas == 1 else v[k])
                       for name, v in values.items()}
             record["steps_per_second"] = steps_per_second
+            record["nonfinite_steps"] = int(self.nonfinite_unlogged[k])
             self.writer.write(step, "train", record,
                               replica=k if self.replicas > 1 else None)
+        if self.nonfinite_unlogged.any() and self.config.train.on_nonfinite == "skip":
+            logging.warning("step %d: %d non-finite update(s) skipped since the last log",
+                            step, self.nonfinite_unlogged.sum())
+        self.nonfinite_unlogged[:] = 0
+        self._check_nonfinite()
         return float(np.mean(values["loss"]))
+
+    def _read_nonfinite(self) -> None:
+        """Folds the steps' `finite` flags since the last read into the host counts."""
+        if self._tracker is None:
+            return
+        count, first = (np.atleast_1d(v).astype(int) for v in self.placement.host_metrics(
+            dict(zip(("count", "first"), self._tracker, strict=True))).values())
+        self._tracker = None
+        self.nonfinite_unlogged += count
+        self.nonfinite_total += count
+        if self.config.train.on_nonfinite != "skip":  # the update was applied: tainted
+            fresh = (count > 0) & (self.nonfinite_first == 0)
+            self.nonfinite_first[fresh] = first[fresh]
+
+    def _check_nonfinite(self) -> None:
+        """Under `train.on_nonfinite=stop`, raises NonFiniteError once any replica's state
+        took a non-finite update; call before anything reads the state (save, evaluation)."""
+        self._read_nonfinite()
+        bad = np.flatnonzero(self.nonfinite_first)
+        if not len(bad) or self.config.train.on_nonfinite != "stop":
+            return
+        k = bad[np.argmin(self.nonfinite_first[bad])]
+        last = self.checkpoints.latest_step()
+        kept = "no checkpoint was saved before it" if last is None else \
+            f"the last good checkpoint {self.checkpoints.latest.directory}/{last} is kept"
+        raise NonFiniteError(
+            f"step {self.nonfinite_first[k]}"
+            f"{f' (replica {k})' if self.replicas > 1 else ''}: non-finite loss, gradient "
+            f"norm or parameter norm (train.on_nonfinite=stop); {kept}; lower "
+            f"optim.learning_rate, clip with optim.max_grad_norm, or set "
+            f"train.on_nonfinite=skip")
 
     def _check_data_state(self, data_state: dict) -> None:
         saved = len(self._replica_data_states(data_state))
@@ -415,6 +474,7 @@ class Trainer:
                 f"same train.replicas")
 
     def _save(self, step: int, iterators) -> None:
+        self._check_nonfinite()
         state = self.placement.from_steps(self.state)
         self.checkpoints.save(step, state, self._data_state(iterators), self.rng)
 
@@ -428,7 +488,10 @@ class Trainer:
         with self._as_replica(k):
             metrics, _ = self.evaluate_split(split, features, params)
         self.writer.write(step, split, metrics, replica=k if self.replicas > 1 else None)
-        if self.checkpoints.save_best(step, self.placement.from_steps(params), metrics, replica=k):
+        candidate = not self.nonfinite_first[k] and np.isfinite(
+            float(metrics.get(self.checkpoints.metric, 0.0)))
+        if candidate and self.checkpoints.save_best(step, self.placement.from_steps(params),
+                                                    metrics, replica=k):
             logging.info("step %d: new best %s = %.4f%s", step, self.checkpoints.metric,
                          metrics[self.checkpoints.metric],
                          f" (replica {k})" if self.replicas > 1 else "")
@@ -441,7 +504,7 @@ class Trainer:
             replica_summary(per_replica, self.seeds)
         if jax.process_index() == 0:  # whole or absent: a sweep takes it as "done"
             partial = self.workdir / "results.json.tmp"
-            partial.write_text(json.dumps(results, indent=2) + "\n")
+            partial.write_text(to_json(results, indent=2) + "\n")
             partial.replace(self.workdir / "results.json")
         return results
 
@@ -468,6 +531,9 @@ class Trainer:
                 best_step, params = best
                 source = f"best {self.checkpoints.metric} at step {best_step}"
                 params = self.placement.to_steps(params)
+        if self.nonfinite_first[k] and source.startswith("step"):
+            logging.warning("replica %d had non-finite updates from step %d on "
+                            "(train.on_nonfinite=ignore)", k, self.nonfinite_first[k])
         logging.info("Final evaluation%s with the params of %s",
                      f" of replica {k}" if replica is not None else "", source)
 

@@ -183,6 +183,7 @@ RULES: dict[str, Rule] = {
     "train.steps": at_least(0),
     "train.batch_size": at_least(1),
     "train.parallelism": one_of(("jit", "pmap")),
+    "train.on_nonfinite": one_of(("stop", "skip", "ignore")),
     "train.replicas": at_least(1),
     "train.log_every": at_least(1),
     "train.eval_every": at_least(0),

@@ -2,7 +2,8 @@
 
 Only process 0 writes. Each logged event is one JSON object per line of
 `workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
-(plus `"replica": k` in runs with `train.replicas` > 1).
+(plus `"replica": k` in runs with `train.replicas` > 1). Every JSON file the run writes
+is strict JSON: a non-finite number (NaN, +-inf) is written as `null` (`to_json`).
 Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
 """
 
@@ -18,18 +19,26 @@ import jax
 import numpy as np
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` with arrays as lists, numpy scalars as Python ones and non-finite floats as
+    None."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray | jax.Array):
-        return _jsonable(np.asarray(value).tolist())
+        return jsonable(np.asarray(value).tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     return value
+
+
+def to_json(value: Any, **kwargs) -> str:
+    """Strict JSON of `value` (`jsonable`: non-finite numbers as null); raises ValueError
+    rather than write a bare NaN."""
+    return json.dumps(jsonable(value), allow_nan=False, **kwargs)
 
 
 class MetricWriter:
@@ -47,13 +56,13 @@ class MetricWriter:
         `"replica": k` and to the TensorBoard tags as `<split>/<metric>/replica-k`."""
         if not self.enabled:
             return
-        record = {"step": int(step), "split": split, **_jsonable(metrics)}
+        record = {"step": int(step), "split": split, **jsonable(metrics)}
         suffix = ""
         if replica is not None:
             record["replica"] = int(replica)
             suffix = f"/replica-{replica}"
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
         for name, value in metrics.items():
             if np.ndim(value) == 0 and isinstance(record[name], int | float):
                 self._tb.add_scalar(f"{split}/{name}{suffix}", float(value), int(step))

@@ -77,6 +77,7 @@ BAD_VALUES = {
     "train.steps": (-1, ">= 0"),
     "train.batch_size": (0, ">= 1"),
     "train.parallelism": ("shard_map", "'jit', 'pmap'"),
+    "train.on_nonfinite": ("halt", "'stop', 'skip', 'ignore'"),
     "train.replicas": (0, ">= 1"),
     "train.log_every": (0, ">= 1"),
     "train.eval_every": (-10, ">= 0"),
