@@ -195,19 +195,21 @@ def test_lora_training_merges_exactly_and_exports_a_peft_adapter(lora_run, tiny_
         workdir / "export" / "model.safetensors").stat().st_size / 5
     assert_exports_score(workdir / "export", tiny_bert_dir, enc, ours)
 
-    # An adapter that moves the logits a thousand times the tolerance (B of O(1) random
-    # values): a merge or an adapter layout that is wrong by a fraction fails.
+    # An adapter that moves every logit over a thousand times the tolerance (B and the
+    # head's kernel of O(1) random values): a merge or an adapter layout that is wrong by
+    # a fraction fails.
     rng = np.random.default_rng(0)
     bold = jax.tree_util.tree_map_with_path(
         lambda path, x: rng.normal(0.0, 1.0, x.shape).astype(x.dtype)
-        if path[-1].key == "lora_b" else x, trainable)
+        if path[-1].key in ("lora_b", "kernel") else x, trainable)
     merged = jax.device_get(trainer.model_params(bold))
     ours = bert_logits(module, merged, enc)
-    reference = adapter_forward(module, {**base_and_head, "classifier": bold["params"][
-        "classifier"]}, bold["lora"], plan.scale, jnp.asarray(enc["input_ids"]),
-        jnp.asarray(enc["attention_mask"]), jnp.asarray(enc["token_type_ids"]))["logits"]
+    bold_head = {**base_and_head, "classifier": bold["params"]["classifier"]}
+    reference = adapter_forward(module, bold_head, bold["lora"], plan.scale,
+                                jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                                jnp.asarray(enc["token_type_ids"]))["logits"]
     np.testing.assert_allclose(ours, np.asarray(reference), atol=1e-5, rtol=1e-5)
-    assert np.abs(ours - bert_logits(module, base_and_head, enc)).min() > 0.1
+    assert np.abs(ours - bert_logits(module, bold_head, enc)).min() > 0.1
     out = tmp_path / "export"
     trainer.task.export(out, merged)
     peft.write_adapter(out / "adapter", plan, trainer.adapter, bold, merged, str(tiny_bert_dir))
