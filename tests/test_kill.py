@@ -1,9 +1,10 @@
 """Interrupted runs resume exactly, as the README claims: the CLI runs as a subprocess that
-is killed with SIGKILL during a checkpoint write, stopped with Ctrl-C (SIGINT), killed with
-SIGKILL between checkpoints, and started again each time with the same command; the run
-then ends with the uninterrupted run's per-step losses, data-iterator state and every array
-of its final state (params, optimizer state, step), bitwise. For classification, dialogue
-and seq2seq (T5 from scratch with its own tokenizer), with dropout on.
+is killed with SIGKILL between checkpoints (and, for classification, first during a
+checkpoint write and then stopped with Ctrl-C, SIGINT), and started again each time with
+the same command; the run then ends with the uninterrupted run's per-step losses,
+data-iterator state and every array of its final state (params, optimizer state, step),
+bitwise. For classification, dialogue and seq2seq (T5 from scratch with its own
+tokenizer), with dropout on.
 """
 
 from __future__ import annotations
@@ -100,43 +101,50 @@ def losses_by_step(workdir: Path) -> dict[int, float]:
 
 
 def interrupted_run_equals_uninterrupted(tmp_path: Path, config: str, overrides: dict,
-                                         kept: tuple[str, ...] = ()) -> None:
-    """`kept`: files (relative to the workdir) that the first run writes and every resumed
-    run must reuse unchanged."""
+                                         every_signal: bool, kept: tuple[str, ...] = ()
+                                         ) -> None:
+    """`every_signal`: SIGKILL during a checkpoint write, then Ctrl-C, then SIGKILL between
+    checkpoints; else one SIGKILL between checkpoints. `kept`: files (relative to the
+    workdir) that the first run writes and every resumed run must reuse unchanged."""
     overrides = {**overrides, **COMMON}
     reference, workdir = tmp_path / "reference", tmp_path / "run"
-    ref_log = tmp_path / "reference.log"
+    ref_log, log = tmp_path / "reference.log", tmp_path / "run.log"
     ref = start(reference, config, overrides, ref_log)  # alongside the interrupted runs
+    stopped, offset = 0, 0
+    if every_signal:
+        # SIGKILL while the checkpoint of step 2*EVERY is being written (the one of EVERY
+        # is complete): the partial one is not used, the complete one is.
+        proc = start(workdir, config, overrides, log)
+        signal_when(proc, lambda: writing(workdir, 2 * EVERY), signal.SIGKILL, log)
+        finish(proc, log, -signal.SIGKILL)
+        assert saved_steps(workdir) == {EVERY}, os.listdir(workdir / "checkpoints")
+        assert writing(workdir, 2 * EVERY)
 
-    # 1. SIGKILL while the checkpoint of step 2*EVERY is being written (the one of EVERY
-    #    is complete): the partial one is not used, the complete one is.
-    log = tmp_path / "run.log"
-    proc = start(workdir, config, overrides, log)
-    signal_when(proc, lambda: writing(workdir, 2 * EVERY), signal.SIGKILL, log)
-    finish(proc, log, -signal.SIGKILL)
-    assert saved_steps(workdir) == {EVERY}, os.listdir(workdir / "checkpoints")
-    assert writing(workdir, 2 * EVERY)
-    first = {name: (workdir / name).read_bytes() for name in kept}
+        # Ctrl-C soon after the resumed run's first step: it saves where it stopped.
+        offset = (workdir / "metrics.jsonl").stat().st_size
+        proc = start(workdir, config, overrides, log)
+        signal_when(proc, lambda: train_rows_after(workdir, offset), signal.SIGINT, log)
+        text = finish(proc, log, 130)
+        assert "interrupted: stopped at step" in text
+        stopped = int(text.rsplit("interrupted: stopped at step ", 1)[1].split(";")[0])
+        assert EVERY < stopped < STEPS and stopped in saved_steps(workdir)
+        assert train_rows_after(workdir, offset)[0]["step"] == EVERY + 1
+        offset = (workdir / "metrics.jsonl").stat().st_size
 
-    # 2. Ctrl-C soon after the resumed run's first step: it saves where it stopped.
-    offset = (workdir / "metrics.jsonl").stat().st_size
-    proc = start(workdir, config, overrides, log)
-    signal_when(proc, lambda: train_rows_after(workdir, offset), signal.SIGINT, log)
-    text = finish(proc, log, 130)
-    assert "interrupted: stopped at step" in text
-    stopped = int(text.rsplit("interrupted: stopped at step ", 1)[1].split(";")[0])
-    assert EVERY < stopped < STEPS and stopped in saved_steps(workdir)
-    assert train_rows_after(workdir, offset)[0]["step"] == EVERY + 1
+    # SIGKILL between checkpoints: once a periodic checkpoint past `stopped` is complete
+    # and a step past it is logged.
+    def past_a_checkpoint() -> bool:
+        rows, last = train_rows_after(workdir, offset), max(saved_steps(workdir), default=0)
+        return last > stopped and bool(rows) and rows[-1]["step"] > last
 
-    # 3. SIGKILL between checkpoints: after a periodic checkpoint past `stopped` is complete.
-    offset = (workdir / "metrics.jsonl").stat().st_size
     proc = start(workdir, config, overrides, log)
-    signal_when(proc, lambda: max(saved_steps(workdir)) > stopped, signal.SIGKILL, log)
+    signal_when(proc, past_a_checkpoint, signal.SIGKILL, log)
     finish(proc, log, -signal.SIGKILL)
     assert STEPS not in saved_steps(workdir)
     assert train_rows_after(workdir, offset)[0]["step"] == stopped + 1
+    first = {name: (workdir / name).read_bytes() for name in kept}
 
-    # 4. The same command again runs to the end.
+    # The same command again runs to the end.
     finish(start(workdir, config, overrides, log), log, 0)
     finish(ref, ref_log, 0)
     assert len(read_metrics(workdir)) > STEPS  # some steps ran twice
@@ -153,16 +161,17 @@ def interrupted_run_equals_uninterrupted(tmp_path: Path, config: str, overrides:
 def test_classification_resumes_bitwise(tmp_path, tiny_bert_dir, tiny_corpus_dir):
     interrupted_run_equals_uninterrupted(
         tmp_path, "configs/classification.py:runlocal",
-        {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), "model.dropout": 0.1})
+        {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), "model.dropout": 0.1},
+        every_signal=True)
 
 
 def test_dialogue_resumes_bitwise(tmp_path, tiny_chat_model):
     interrupted_run_equals_uninterrupted(
         tmp_path, "configs/dialogue.py:runlocal",
-        {"model.checkpoint": tiny_chat_model, "model.dropout": 0.1})
+        {"model.checkpoint": tiny_chat_model, "model.dropout": 0.1}, every_signal=False)
 
 
 def test_seq2seq_resumes_bitwise(tmp_path):
     """T5 from scratch: the tokenizer trained by the first run is the one resumed runs use."""
     interrupted_run_equals_uninterrupted(tmp_path, "configs/translation.py:runlocal", {},
-                                         kept=("tokenizer/tokenizer.json",))
+                                         every_signal=False, kept=("tokenizer/tokenizer.json",))
