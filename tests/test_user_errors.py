@@ -87,7 +87,12 @@ def test_engine_user_errors(case, monkeypatch):
 
 
 def test_training_without_data_through_the_cli(tmp_path, tiny_bert_dir, tiny_corpus_dir):
+    """A workdir that has its labels (so no split is needed to build them), trained
+    without data."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "labels.json").write_text('["neg", "pos"]')
     overrides = {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), "data.train": "",
                  "train.steps": 2}
-    proc = run_cli(tmp_path / "run", overrides)
+    proc = run_cli(workdir, overrides)
     assert_user_error(proc, "data.train: required when train.steps > 0")
