@@ -153,11 +153,8 @@ def lora_run(tmp_path_factory, tiny_bert_dir, tiny_corpus_dir):
     return trainer, workdir
 
 
-def test_lora_training_merges_exactly_and_exports_a_peft_adapter(lora_run, tiny_bert_dir):
-    import torch
-    import transformers
-    from peft import PeftModel
-
+def test_lora_training_merges_exactly_and_exports_a_peft_adapter(lora_run, tiny_bert_dir,
+                                                                  tmp_path):
     from sft_jax.pretrained import load_pretrained
 
     trainer, workdir = lora_run
@@ -194,20 +191,46 @@ def test_lora_training_merges_exactly_and_exports_a_peft_adapter(lora_run, tiny_
     assert config["r"] == 4 and config["lora_alpha"] == 8.0
     assert config["modules_to_save"] == ["classifier"] and config["task_type"] == "SEQ_CLS"
     assert len(config["target_modules"]) == 6
-    hf_base = transformers.BertForSequenceClassification.from_pretrained(tiny_bert_dir,
-                                                                          num_labels=2)
-    model = PeftModel.from_pretrained(hf_base, adapter_dir).eval()
-    batch = {k: torch.from_numpy(v) for k, v in enc.items()}
-    with torch.no_grad():
-        theirs = model(**batch).logits.numpy()
-    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
-    # ... and the merged export is the same model.
-    merged_hf = transformers.AutoModelForSequenceClassification.from_pretrained(
-        workdir / "export").eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(merged_hf(**batch).logits.numpy(), ours, atol=1e-4, rtol=0)
-    assert (workdir / "export" / "adapter" / "adapter_model.safetensors").stat().st_size < (
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < (
         workdir / "export" / "model.safetensors").stat().st_size / 5
+    assert_exports_score(workdir / "export", tiny_bert_dir, enc, ours)
+
+    # An adapter that moves every logit over a thousand times the tolerance (B and the
+    # head's kernel of O(1) random values): a merge or an adapter layout that is wrong by
+    # a fraction fails.
+    rng = np.random.default_rng(0)
+    bold = jax.tree_util.tree_map_with_path(
+        lambda path, x: rng.normal(0.0, 1.0, x.shape).astype(x.dtype)
+        if path[-1].key in ("lora_b", "kernel") else x, trainable)
+    merged = jax.device_get(trainer.model_params(bold))
+    ours = bert_logits(module, merged, enc)
+    bold_head = {**base_and_head, "classifier": bold["params"]["classifier"]}
+    reference = adapter_forward(module, bold_head, bold["lora"], plan.scale,
+                                jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                                jnp.asarray(enc["token_type_ids"]))["logits"]
+    np.testing.assert_allclose(ours, np.asarray(reference), atol=1e-5, rtol=1e-5)
+    assert np.abs(ours - bert_logits(module, bold_head, enc)).min() > 0.1
+    out = tmp_path / "export"
+    trainer.task.export(out, merged)
+    peft.write_adapter(out / "adapter", plan, trainer.adapter, bold, merged, str(tiny_bert_dir))
+    assert_exports_score(out, tiny_bert_dir, enc, ours)
+
+
+def assert_exports_score(export, base_dir, enc, logits) -> None:
+    """`export/adapter` on the Hugging Face base under `peft`, and the merged `export/`,
+    give `logits` in PyTorch (atol 1e-4)."""
+    import torch
+    import transformers
+    from peft import PeftModel
+
+    hf_base = transformers.BertForSequenceClassification.from_pretrained(base_dir,
+                                                                          num_labels=2)
+    batch = {k: torch.from_numpy(v) for k, v in enc.items()}
+    for model in (PeftModel.from_pretrained(hf_base, export / "adapter"),
+                  transformers.AutoModelForSequenceClassification.from_pretrained(export)):
+        with torch.no_grad():
+            np.testing.assert_allclose(model.eval()(**batch).logits.numpy(), logits,
+                                       atol=1e-4, rtol=0)
 
 
 def test_lora_resume_equals_an_uninterrupted_run(tmp_path, lora_run, tiny_bert_dir,

@@ -145,11 +145,12 @@ def test_packed_pairs_give_the_padded_loss(t5_task):
     np.testing.assert_allclose(float(packed_loss), float(padded_loss), rtol=1e-5)
 
 
-def test_translation_runlocal_t5_from_scratch_and_resume(tmp_path):
+def test_translation_runlocal_t5_from_scratch(tmp_path):
     """`translation.py:runlocal` on bible-en-es: T5 from scratch, tokenizer trained on the
-    training split, beam search, BLEU/chrF; a second run resumes with the same tokenizer."""
+    training split, beam search, BLEU/chrF (resumed runs reuse the tokenizer:
+    tests/test_kill.py)."""
     check(run_cli(tmp_path, "configs/translation.py:runlocal", {"train.steps": 2}))
-    tokenizer = (tmp_path / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
     final = read_metrics(tmp_path, "test")[-1]
     assert final["generated"] == 4
     for key in ("bleu", "chrf", "loss", "perplexity"):
@@ -166,11 +167,6 @@ def test_translation_runlocal_t5_from_scratch_and_resume(tmp_path):
     assert rows[0]["source"] == first["en"] and rows[0]["reference"] == first["es"]
     assert rows[0]["tokens"] == 32  # max_target_length: the loss saw a truncated target
     assert (tmp_path / "export" / "tokenizer.json").is_file()
-
-    check(run_cli(tmp_path, "configs/translation.py:runlocal", {
-        "train.steps": 3, "data.validation": "", "data.test": "", "checkpoint.export": False}))
-    assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == tokenizer
-    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
 
 
 def test_two_processes_train_like_one(tmp_path, corpus):

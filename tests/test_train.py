@@ -1,4 +1,5 @@
-"""The training engine end to end: outputs of a run, invariances, resume, multi-host.
+"""The training engine end to end: outputs of a run, invariances, multi-host (interrupted
+runs that resume: tests/test_kill.py).
 
 Runs that need a particular device count go through the CLI in a subprocess with
 `--xla_force_host_platform_device_count`, exactly as a user would start them.
@@ -18,7 +19,6 @@ from conftest import (
     REPO,
     apply_overrides,
     cli_args,
-    crash_during_step,
     load_config,
     read_metrics,
     run_two_processes,
@@ -124,30 +124,6 @@ def jax_leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny, monkeypatch):
-    from sft_jax import train
-
-    overrides = {**tiny, "train.steps": 6, "checkpoint.every": 3, "checkpoint.export": False,
-                 "train.eval_every": 0, "optim.learning_rate": 1e-3, "model.dropout": 0.1}
-    straight = train.Trainer(apply_overrides(load_config(), overrides), tmp_path / "straight")
-    straight.train_and_evaluate()
-
-    crashing = train.Trainer(apply_overrides(load_config(), overrides), tmp_path / "resumed")
-    crash_during_step(crashing, 5)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        crashing.train_and_evaluate()
-
-    resumed = train.Trainer(apply_overrides(load_config(), overrides), tmp_path / "resumed")
-    resumed.train_and_evaluate()
-
-    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed")}
-    np.testing.assert_allclose([losses[s] for s in range(1, 7)], train_losses(tmp_path /
-                               "straight"), atol=1e-6, rtol=0)
-    for a, b in zip(jax_leaves(straight.state.params), jax_leaves(resumed.state.params),
-                    strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-
-
 def test_same_losses_on_one_device_a_mesh_and_pmap(tmp_path, tiny):
     base = {**tiny, "train.steps": 4, "train.batch_size": 8, "checkpoint.export": False,
             "train.eval_every": 0, "optim.learning_rate": 1e-3}
@@ -223,34 +199,6 @@ def test_train_and_evaluate_on_tfds_data(tmp_path, tiny_bert_dir, tiny_corpus_di
     first = json.loads(predictions[0])
     assert first["where"] == "tfds:sft_jax_tiny_sentiment:test[0]"
     assert first["sentence"] in {row["text"] for row in rows("test")}
-
-
-def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tmp_path, tiny):
-    import signal
-    import time
-
-    overrides = {**tiny, "train.steps": 400, "checkpoint.every": 1000, "train.eval_every": 0,
-                 "checkpoint.export": False, "eval.splits": "()"}
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "sft_jax.main", "--config=configs/classification.py:runlocal",
-           f"--workdir={tmp_path}", *cli_args(overrides)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-            (tmp_path / "metrics.jsonl").exists() and read_metrics(tmp_path)):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
-    assert "interrupted: stopped at step" in err
-    stopped_at = int(err.split("interrupted: stopped at step ")[1].split(";")[0])
-    assert 1 <= stopped_at < 400
-    assert (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
-
-    check(run_cli(tmp_path, {**overrides, "train.steps": stopped_at + 2}))
-    steps = [r["step"] for r in read_metrics(tmp_path)]
-    assert steps[-2:] == [stopped_at + 1, stopped_at + 2]
 
 
 def test_classification_with_a_decoder_model(tmp_path, tiny_chat_model, tiny_corpus_dir):
