@@ -356,7 +356,9 @@ class Trainer:
         abstract = state_lib.abstract_like(self.state, self.state_shardings)
         restored = self.checkpoints.restore(abstract, check_data=self._check_data_state)
         if restored is not None:
-            self.state, data_state, self.rng = restored
+            self.state, data_state, rng = restored
+            # Placed as the fresh key is, so the resumed run reuses the compiled steps.
+            self.rng = jax.device_put(rng, self.rng.sharding)
             if iterators is not None:
                 self._set_data_state(iterators, data_state)
             start = int(np.asarray(self.state.step).reshape(-1)[0])
