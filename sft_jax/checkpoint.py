@@ -167,7 +167,8 @@ class Checkpoints:
         if not self.bests:
             return None
         best = self.bests[replica]
-        best.wait_until_finished()  # metrics of an async save are written at its end
+        with _storage(best.directory, None):
+            best.wait_until_finished()  # metrics of an async save are written at its end
         if best.best_step() is None:
             return None
         return float(best.metrics(best.best_step())[self.metric])
@@ -197,7 +198,8 @@ class Checkpoints:
         if not self.bests:
             return None
         best = self.bests[replica]
-        best.wait_until_finished()
+        with _storage(best.directory, None):
+            best.wait_until_finished()
         step = best.best_step()
         if step is None:
             return None
