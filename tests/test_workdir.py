@@ -83,6 +83,7 @@ def test_a_second_run_on_a_locked_workdir_stops_at_once_and_a_second_ctrl_c_abor
     finally:
         if first.poll() is None:
             first.kill()
+            first.communicate()
     assert first.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("interrupted: "), err[-1000:]
