@@ -56,11 +56,15 @@ def check(path: str | Path) -> Path:
     """`path` as an absolute Path, if it can be a workdir: not a file, not under a file,
     writable (itself, or the nearest existing directory above it). Creates nothing."""
     path = Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserInputError(f"--workdir: {path} is a file, not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserInputError(f"--workdir: {path} is a file, not a directory")
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:
+        raise UserInputError(f"--workdir: cannot access {path} "
+                             f"({describe_os_error(err)})") from None
     if not existing.is_dir():
         raise UserInputError(f"--workdir: {existing} is a file, so {path} cannot be a "
                              f"directory under it")
@@ -119,12 +123,14 @@ def lock(path: str | Path) -> WorkdirLock:
     try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            logging.warning("%s: this filesystem has no file locks (%s); the workdir is not "
+                            "locked against a second run", lock_path, os.strerror(err.errno))
+            file.close()
+            return WorkdirLock(path, None)
         file.seek(0)
         holder = _holder(file.read())
         file.close()
-        if err.errno not in (errno.EAGAIN, errno.EACCES):
-            raise UserInputError(f"--workdir: cannot lock {lock_path} "
-                                 f"({describe_os_error(err)})") from None
         raise UserInputError(
             f"--workdir: {path} is in use by another run (host {holder.get('host', '?')}, "
             f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}; {lock_path}); "
