@@ -9,11 +9,21 @@ Under `sft_jax.peft` the state's params are the trainable tree only (LoRA factor
 trained in full), so checkpoints hold no frozen weights; each periodic checkpoint then
 also holds `base` (JSON: `model.checkpoint`, its directory, size and sha256 of each
 weight file), and a resume from it is refused unless the base is the same.
+
+Resume reads the newest readable checkpoint: one that cannot be read (a truncated file, a
+missing item, garbled metadata) is reported in one warning line and moved aside to
+`checkpoints/corrupt-<step>/` (kept, not deleted), provided an older one reads; when none
+does, nothing is moved and resume stops with one line (UserInputError). A save that fails
+(disk full, a directory made read-only), including an async save's background write,
+raises `sft_jax.workdir.StorageError` at the next save or `wait()`; checkpoints already
+written stay intact (orbax writes each one to a temporary directory, renamed when whole).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from sft_jax.errors import UserInputError
 from sft_jax.peft import check_base
+from sft_jax.workdir import StorageError, describe_os_error
 
 
 class Checkpoints:
@@ -77,16 +88,52 @@ class Checkpoints:
         }
         if self.base is not None:
             items["base"] = ocp.args.JsonSave(self.base)
-        self.latest.save(step, args=ocp.args.Composite(**items))
+        with _storage(self.latest.directory, step):
+            self.latest.save(step, args=ocp.args.Composite(**items))
 
     def restore(self, abstract_state: Any, check_data=None
                 ) -> tuple[Any, dict, jax.Array] | None:
-        """(state, data iterator state, rng) of the latest checkpoint, or None.
-        `check_data(data_state)` may refuse the checkpoint (raise) before the state is
-        read, e.g. when it was written with another number of replicas."""
-        step = self.latest.latest_step()
-        if step is None:
+        """(state, data iterator state, rng) of the newest readable checkpoint, or None
+        when there is none. Unreadable newer ones are moved aside (see the module
+        docstring). `check_data(data_state)` may refuse the checkpoint (raise) before the
+        state is read, e.g. when it was written with another number of replicas."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        unreadable: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                out = self._restore_step(step, abstract_state, check_data)
+            except UserInputError:
+                raise
+            except Exception as err:  # any failure to read it: try the next older one
+                unreadable.append((step, f"{type(err).__name__}: {describe_os_error(err)}"))
+                continue
+            for bad, reason in unreadable:
+                self._move_aside(bad, reason, step)
+            if unreadable:
+                self.latest.reload()
+            return out
+        if not steps:
             return None
+        step, reason = unreadable[0]
+        raise UserInputError(
+            f"{self.latest.directory}: no readable checkpoint to resume from (step {step}: "
+            f"{reason}" + (f"; {len(steps) - 1} older ones unreadable too" if len(steps) > 1
+                           else "") + "); remove the directory to start afresh")
+
+    def _move_aside(self, step: int, reason: str, used: int) -> None:
+        directory = Path(self.latest.directory)
+        aside = directory / f"corrupt-{step}"
+        if jax.process_index() == 0:
+            k = 1
+            while aside.exists():
+                k += 1
+                aside = directory / f"corrupt-{step}.{k}"
+            (directory / str(step)).rename(aside)
+        logging.warning("%s/%d: unreadable (%s); moved to %s, resuming from step %d",
+                        directory, step, reason, aside, used)
+
+    def _restore_step(self, step: int, abstract_state: Any, check_data
+                      ) -> tuple[Any, dict, jax.Array]:
         logging.info("Resuming from %s/%d", self.latest.directory, step)
         where = f"{self.latest.directory}/{step}"
         has_base = (Path(self.latest.directory) / str(step) / "base").exists()
@@ -120,7 +167,8 @@ class Checkpoints:
         if not self.bests:
             return None
         best = self.bests[replica]
-        best.wait_until_finished()  # metrics of an async save are written at its end
+        with _storage(best.directory, None):
+            best.wait_until_finished()  # metrics of an async save are written at its end
         if best.best_step() is None:
             return None
         return float(best.metrics(best.best_step())[self.metric])
@@ -140,16 +188,18 @@ class Checkpoints:
         if not self.is_better(metrics, replica) or step in self.bests[replica].all_steps():
             return False
         scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-        self.bests[replica].save(
-            step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-            metrics=scalars)
+        with _storage(self.bests[replica].directory, step):
+            self.bests[replica].save(
+                step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                metrics=scalars)
         return True
 
     def restore_best(self, abstract_params: Any, replica: int = 0) -> tuple[int, Any] | None:
         if not self.bests:
             return None
         best = self.bests[replica]
-        best.wait_until_finished()
+        with _storage(best.directory, None):
+            best.wait_until_finished()
         step = best.best_step()
         if step is None:
             return None
@@ -159,11 +209,26 @@ class Checkpoints:
         return step, out.params
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        for best in self.bests:
-            best.wait_until_finished()
+        """Until every save in flight is written; raises StorageError if one failed."""
+        for manager in (self.latest, *self.bests):
+            with _storage(manager.directory, None):
+                manager.wait_until_finished()
 
     def close(self) -> None:
         self.latest.close()
         for best in self.bests:
             best.close()
+
+
+@contextlib.contextmanager
+def _storage(directory, step: int | None) -> Iterator[None]:
+    """Turns a failed write under `directory` into one StorageError line."""
+    try:
+        yield
+    except (UserInputError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        when = "" if step is None else f", noticed when saving step {step}"
+        raise StorageError(
+            f"{directory}: writing a checkpoint failed ({describe_os_error(err)}{when}); "
+            f"the checkpoints written before it are intact") from err

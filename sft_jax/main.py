@@ -5,17 +5,23 @@
 
 Intentionally thin: everything else is importable from a notebook or a test. Bad input
 (sft_jax.errors.UserInputError) prints one line and exits with status 2; a run stopped by
-its non-finite guard (sft_jax.errors.NonFiniteError) prints one line and exits with 3.
+its non-finite guard (sft_jax.errors.NonFiniteError) one line and status 3; a storage fault
+mid-run (sft_jax.workdir.StorageError: disk full, a read-only directory) one line and
+status 1; Ctrl-C/SIGTERM one line and status 130 (the first saves a checkpoint, a second
+aborts).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 
+from sft_jax import workdir
 from sft_jax.errors import NonFiniteError, UserInputError, flag_error
 
 FLAGS = flags.FLAGS
@@ -23,9 +29,23 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predic
 config_flags.DEFINE_config_file("config", None, "Task config file.", lock_config=True)
 
 
-def _fail(message: str) -> None:
+# Errors of a write that the environment refused: reported as a storage fault.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def _abort(message: str, status: int) -> None:
+    """One line, then exit at once: orbax's threads may still wait on a failed or
+    abandoned save, and an ordinary exit would wait for them."""
+    print(message, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def main(argv: list[str]) -> None:
@@ -33,6 +53,10 @@ def main(argv: list[str]) -> None:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
         _fail("--workdir is required")
+    try:
+        workdir.check(FLAGS.workdir)  # before the slow imports; the run locks it later
+    except UserInputError as err:
+        _fail(str(err))
     from sft_jax import parallel, train
 
     if FLAGS.config is None:
@@ -54,6 +78,15 @@ def main(argv: list[str]) -> None:
     except train.StopRequested as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while stopping, or before the loop
+        _abort(f"interrupted: aborted; resume from the last checkpoint in {FLAGS.workdir} "
+               f"with the same command", 130)
+    except workdir.StorageError as err:
+        _abort(f"error: {err}", 1)
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        _abort(f"error: {err.filename or FLAGS.workdir}: {os.strerror(err.errno)}", 1)
     stds = results.get("std", {})  # runs with train.replicas > 1: mean and std
     for split, metrics in results.items():
         if split in ("std", "replicas"):
@@ -65,6 +98,14 @@ def main(argv: list[str]) -> None:
     print(f"outputs: {FLAGS.workdir}")
 
 
+def _no_library_tracebacks(record: logging.LogRecord) -> bool:
+    """Console filter: a library's log record keeps its line, not its traceback (the
+    failure that matters reaches the user as our one line)."""
+    if record.name != "root" and not record.name.startswith("sft_jax"):
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
 def run() -> None:
     """Entry point (`python -m sft_jax.main`, `sft-jax`): flag errors exit with status 2."""
     try:
@@ -74,6 +115,8 @@ def run() -> None:
         # KeyError for an unknown config key and TypeError/ValueError for a bad value.
         _fail(flag_error(exc, sys.argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_no_library_tracebacks)
     main(argv)
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from sft_jax import optim, parallel, peft, placement, steps, tasks, validate
 from sft_jax import state as state_lib
+from sft_jax import workdir as workdir_lib
 from sft_jax.checkpoint import Checkpoints
 from sft_jax.data import pipeline
 from sft_jax.errors import NonFiniteError, UserInputError
@@ -56,7 +57,8 @@ class StopRequested(Exception):
 
 
 class _GracefulStop:
-    """First SIGINT/SIGTERM sets a flag the loop checks between steps; a second one raises."""
+    """First SIGINT/SIGTERM sets a flag the loop checks between steps; a second one raises
+    KeyboardInterrupt (an abort: the step and any save in flight are abandoned)."""
 
     def __init__(self):
         self.requested = False
@@ -110,14 +112,30 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """workdir/config.json, replaced whole (never half-written)."""
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        partial = workdir / "config.json.tmp"
+        partial.write_text(config.to_json_best_effort(indent=2) + "\n")
+        partial.replace(workdir / "config.json")
+
+
+def lock_workdir(workdir: Path) -> workdir_lib.WorkdirLock | None:
+    """The workdir's lock (`sft_jax.workdir`), taken by process 0; the other processes
+    only check the path."""
+    if jax.process_index() == 0:
+        return workdir_lib.lock(workdir)
+    workdir_lib.check(workdir)
+    return None
 
 
 class Trainer:
     """Holds what one run compiles once: placement (mesh), state, step functions,
-    checkpoints."""
+    checkpoints.
+
+    It holds the workdir's lock from its construction to the end of `train_and_evaluate`
+    (or `release()`); `config.json` is written once the config and the resume from the
+    workdir's checkpoints (if any) are accepted, so a refused run leaves it as it was."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.started = time.perf_counter()
@@ -127,7 +145,20 @@ class Trainer:
         self.replicas = int(config.train.replicas)
         self.seeds = [int(config.seed) + k for k in range(self.replicas)]
         self.workdir = Path(workdir)
-        write_config(config, self.workdir)
+        self.lock = lock_workdir(self.workdir)  # before anything is written there
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Frees the workdir's lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _setup(self) -> None:
+        config = self.config
         self.task = tasks.get_task(config, self.workdir)
         self.buckets = getattr(self.task, "buckets", None) or _buckets(config)
         self.accum = int(config.optim.grad_accum)
@@ -340,8 +371,11 @@ class Trainer:
     def train_and_evaluate(self) -> dict[str, Any]:
         """Trains, evaluates and exports; every step, evaluation, prediction and export runs
         inside the placement's context (the mesh and the logical-axis rules)."""
-        with self.placement.context():
-            return self._train_and_evaluate()
+        try:
+            with self.placement.context():
+                return self._train_and_evaluate()
+        finally:
+            self.release()
 
     def _train_and_evaluate(self) -> dict[str, Any]:
         config = self.config
@@ -363,6 +397,7 @@ class Trainer:
                 self._set_data_state(iterators, data_state)
             start = int(np.asarray(self.state.step).reshape(-1)[0])
         self.state = self.placement.to_steps(self.state)
+        write_config(config, self.workdir)  # config and resume accepted: it is this run's
 
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())

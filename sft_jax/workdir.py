@@ -1,0 +1,158 @@
+"""The run's directory: checked before use, locked while a run writes to it.
+
+`check(path)` refuses, in one line each, a `--workdir` that is a regular file, lies under
+one, or cannot be written. `lock(path)` checks, creates the directory and holds
+`path/.lock` (an exclusive `flock`, released by the kernel when the process ends, however
+it ends) with the holder's host, pid and start time as JSON, so that a second run on the
+same directory stops at once naming the holder. A lock file whose holder is gone (it
+still names a host and pid because that run was killed) is taken over with a warning.
+
+`StorageError` is a write to the workdir that failed mid-run (disk full, a directory made
+read-only): an environmental fault, not bad input; the CLI prints it as one line and exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from sft_jax.errors import UserInputError
+
+LOCK_FILE = ".lock"
+
+
+class StorageError(Exception):
+    """A write to the workdir failed mid-run; `str(err)` is the whole one-line message."""
+
+
+# Storage faults as the OS words them; TensorStore reports a full disk its own way.
+_FAULTS = {errno.ENOSPC: ("No space left", "RESOURCE_EXHAUSTED"), errno.EDQUOT: ("quota",),
+           errno.EROFS: ("Read-only file system",), errno.EACCES: ("Permission denied",)}
+
+
+def describe_os_error(err: BaseException) -> str:
+    """`err` as a short phrase: the OS's words for its errno (e.g. "No space left on
+    device"), also when a library wrapped it in its own text; else its first line."""
+    for exc in (err, err.__cause__, err.__context__):
+        if isinstance(exc, OSError) and exc.errno:
+            return os.strerror(exc.errno)
+    text = str(err)
+    for code, phrases in _FAULTS.items():
+        if any(phrase in text for phrase in phrases):
+            return os.strerror(code)
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def check(path: str | Path) -> Path:
+    """`path` as an absolute Path, if it can be a workdir: not a file, not under a file,
+    writable (itself, or the nearest existing directory above it). Creates nothing."""
+    path = Path(path).absolute()
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserInputError(f"--workdir: {path} is a file, not a directory")
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:
+        raise UserInputError(f"--workdir: cannot access {path} "
+                             f"({describe_os_error(err)})") from None
+    if not existing.is_dir():
+        raise UserInputError(f"--workdir: {existing} is a file, so {path} cannot be a "
+                             f"directory under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"--workdir: {existing} is not writable")
+    return path
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for this process; `release()` (or the process's end)
+    frees it."""
+
+    def __init__(self, path: Path, file):
+        self.path = path
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        with contextlib.suppress(OSError):
+            self._file.truncate(0)  # empty: released cleanly, nobody to name
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+
+
+def _holder(text: str) -> dict:
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock(path: str | Path) -> WorkdirLock:
+    """Checks `path` (`check`), creates it and locks it; raises UserInputError naming the
+    holder's host and pid when another run holds it."""
+    path = check(path)
+    lock_path = path / LOCK_FILE
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        file = open(lock_path, "a+")  # noqa: SIM115  (held open while the run lasts)
+    except OSError as err:
+        raise UserInputError(f"--workdir: cannot write {lock_path} "
+                             f"({describe_os_error(err)})") from None
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            logging.warning("%s: this filesystem has no file locks (%s); the workdir is not "
+                            "locked against a second run", lock_path, os.strerror(err.errno))
+            file.close()
+            return WorkdirLock(path, None)
+        file.seek(0)
+        holder = _holder(file.read())
+        file.close()
+        raise UserInputError(
+            f"--workdir: {path} is in use by another run (host {holder.get('host', '?')}, "
+            f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}; {lock_path}); "
+            f"wait for it to end or use another --workdir") from None
+    file.seek(0)
+    previous = _holder(file.read())
+    host = socket.gethostname()
+    if previous.get("pid") is not None:
+        alive = previous.get("host") == host and _pid_alive(previous["pid"])
+        logging.warning("%s: taking over the lock of a run that ended without releasing it "
+                        "(host %s, pid %s%s)", lock_path, previous.get("host", "?"),
+                        previous["pid"], ", that pid now belongs to another process"
+                        if alive else "")
+    try:
+        file.seek(0)
+        file.truncate(0)
+        file.write(json.dumps({"host": host, "pid": os.getpid(),
+                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        file.flush()
+    except OSError as err:
+        fcntl.flock(file, fcntl.LOCK_UN)
+        file.close()
+        raise UserInputError(f"--workdir: cannot write {lock_path} "
+                             f"({describe_os_error(err)})") from None
+    return WorkdirLock(path, file)
