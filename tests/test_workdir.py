@@ -109,8 +109,8 @@ def test_a_workdir_that_is_a_file_or_under_one_or_read_only(tmp_path, tiny, monk
 
 
 def test_an_unwritable_checkpoint_directory_then_no_readable_checkpoint(tmp_path, tiny):
-    """Checkpoints become unwritable after step 2 (a stale lock of a dead run is taken
-    over first): one line, exit 1, no hang, checkpoint 2 intact. Then with every
+    """Checkpoints become unwritable, then the disk full, after step 2 (a stale lock of a
+    dead run is taken over first): one line, exit 1, no hang, checkpoint 2 intact. Then with every
     checkpoint unreadable the resume stops with one line and config.json is untouched."""
     run = tmp_path / "run"
     run.mkdir()
@@ -120,16 +120,19 @@ def test_an_unwritable_checkpoint_directory_then_no_readable_checkpoint(tmp_path
                                            "pid": int(dead.stdout)}))
     overrides = {**tiny, **QUICK, "train.steps": 4, "checkpoint.every": 2}
     checkpoints = run / "checkpoints"
-    for code, words in (("EROFS", "Read-only file system"),):
+    for code, words in (("EROFS", "Read-only file system"),
+                        ("ENOSPC", "No space left on device")):
         proc = run_faulty_cli(run, overrides, under=checkpoints, after=checkpoints / "2",
                               code=code)
         assert proc.returncode == 1, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert "taking over the lock of a run that ended" in proc.stderr
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith(f"error: {checkpoints}: writing a checkpoint failed ({words}")
+        if code == "EROFS":
+            assert "taking over the lock of a run that ended" in proc.stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2"]
-    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    # each run resumed from checkpoint 2 and trained steps 3, 4 before its save failed
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 3, 4]
 
     config = (run / "config.json").read_bytes()
     (checkpoints / "2" / "data" / "metadata").write_text("{garbled")
@@ -137,6 +140,25 @@ def test_an_unwritable_checkpoint_directory_then_no_readable_checkpoint(tmp_path
     assert_user_error(proc, str(checkpoints), "no readable checkpoint", "step 2")
     assert (run / "config.json").read_bytes() == config
     assert (checkpoints / "2").is_dir()  # nothing moved when nothing reads
+
+
+def test_a_resume_past_an_unreadable_latest_checkpoint_through_the_cli(tmp_path, tiny):
+    """The latest checkpoint's array data truncated: the same command says so in one line,
+    moves it aside, resumes from the one before and finishes the run."""
+    run = tmp_path / "run"
+    overrides = {**tiny, **QUICK, "train.steps": 4, "checkpoint.every": 2}
+    first = run_cli(run, overrides)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = run / "checkpoints"
+    for f in (checkpoints / "4" / "state" / "ocdbt.process_0" / "d").iterdir():
+        f.write_bytes(f.read_bytes()[:10])
+    again = run_cli(run, overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert re.search(rf"{checkpoints / '4'}: unreadable .*moved to {checkpoints / 'corrupt-4'}"
+                     r", resuming from step 2", again.stderr), again.stderr[-3000:]
+    assert {p.name for p in checkpoints.iterdir()} >= {"2", "4", "corrupt-4"}
+    assert [r["step"] for r in read_metrics(run)][-2:] == [3, 4]  # steps 3, 4 trained again
 
 
 # orbax leaves the read coroutine of a truncated array un-awaited when the read fails;
