@@ -135,6 +135,9 @@ def test_an_unwritable_checkpoint_directory_then_no_readable_checkpoint(tmp_path
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 3, 4]
 
     config = (run / "config.json").read_bytes()
+    proc = run_cli(run, {**overrides, "data.train": str(tmp_path / "missing.jsonl")})
+    assert_user_error(proc, "data.train", "missing.jsonl")
+    assert (run / "config.json").read_bytes() == config  # a bad data.train rewrites nothing
     (checkpoints / "2" / "data" / "metadata").write_text("{garbled")
     proc = run_cli(run, {**overrides, "optim.learning_rate": 1.0})
     assert_user_error(proc, str(checkpoints), "no readable checkpoint", "step 2")
