@@ -159,19 +159,6 @@ def test_resume_with_another_replica_count_is_refused(classification, tmp_path):
         _train("classification", tmp_path, {**short, "train.steps": 2, "train.replicas": 3})
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"train.replicas": 0}, "train.replicas: must be >= 1"),
-    ({"train.replicas": 2, "train.parallelism": "pmap"}, "train.replicas: replicas train in"),
-])
-def test_bad_replica_settings(tmp_path, tiny_bert_dir, tiny_corpus_dir, overrides, message):
-    from conftest import tiny_overrides
-
-    proc = run_cli(tmp_path, {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), **overrides})
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last
-
-
 @pytest.fixture(scope="module")
 def dialogue(tmp_path_factory, tiny_chat_model):
     root = tmp_path_factory.mktemp("replicas_dialogue")
