@@ -278,7 +278,7 @@ class EncoderLayer(nn.Module):
     positionally (remat)."""
 
     config: BartConfig
-    static_args = ('deterministic',)  # non-array call arguments (remat)
+    static_args = ("deterministic",)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:  # B S D
@@ -299,7 +299,7 @@ class DecoderLayer(nn.Module):
     positionally (remat)."""
 
     config: BartConfig
-    static_args = ('deterministic',)  # non-array call arguments (remat)
+    static_args = ("deterministic",)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(

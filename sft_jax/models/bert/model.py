@@ -164,7 +164,7 @@ class BertLayer(nn.Module):
     """Post-LN block: x = LN(x + drop(attn(x))); x = LN(x + drop(mlp(x)))."""
 
     config: BertConfig
-    static_args = ('deterministic',)  # non-array call arguments (remat)
+    static_args = ("deterministic",)  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool = True) -> Array:

@@ -121,7 +121,7 @@ class Gpt2Layer(nn.Module):
     """Pre-LN block: x += drop(attn(LN(x))); x += drop(mlp(LN(x)))."""
 
     config: Gpt2Config
-    static_args = ('deterministic',)  # non-array call arguments (remat)
+    static_args = ("deterministic",)  # non-array call arguments (remat)
     layer_index: int
 
     @nn.compact

@@ -229,7 +229,7 @@ class LlamaLayer(nn.Module):
     """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x)) (SwiGLU)."""
 
     config: LlamaConfig
-    static_args = ('qk_transform', 'deterministic')  # non-array call arguments (remat)
+    static_args = ("qk_transform", "deterministic")  # non-array call arguments (remat)
 
     @nn.compact
     def __call__(

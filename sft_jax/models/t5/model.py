@@ -398,7 +398,7 @@ class T5Layer(nn.Module):
     cross-attention, MLP), each `x += drop(f(norm(x)))`. Called positionally (remat)."""
 
     config: T5Config
-    static_args = ('deterministic',)  # non-array call arguments (remat)
+    static_args = ("deterministic",)  # non-array call arguments (remat)
     is_decoder: bool
 
     @nn.compact
