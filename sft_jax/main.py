@@ -106,6 +106,14 @@ def _no_library_tracebacks(record: logging.LogRecord) -> bool:
     return True
 
 
+def _log_unraisable(unraisable) -> None:
+    """An exception no caller could receive (e.g. a checkpoint read's leftover callbacks
+    after orbax gave up on an unreadable checkpoint) goes to the log, not the console."""
+    logging.getLogger("unraisable").info(
+        "ignored: %s: %s", unraisable.exc_type.__name__, unraisable.exc_value,
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+
+
 def run() -> None:
     """Entry point (`python -m sft_jax.main`, `sft-jax`): flag errors exit with status 2."""
     try:
@@ -117,6 +125,7 @@ def run() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_no_library_tracebacks)
+    sys.unraisablehook = _log_unraisable
     main(argv)
 
 
