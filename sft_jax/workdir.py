@@ -28,6 +28,8 @@ from sft_jax.errors import UserInputError
 
 LOCK_FILE = ".lock"
 
+log = logging.getLogger(__name__)
+
 
 class StorageError(Exception):
     """A write to the workdir failed mid-run; `str(err)` is the whole one-line message."""
@@ -124,8 +126,8 @@ def lock(path: str | Path) -> WorkdirLock:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            logging.warning("%s: this filesystem has no file locks (%s); the workdir is not "
-                            "locked against a second run", lock_path, os.strerror(err.errno))
+            log.warning("%s: this filesystem has no file locks (%s); the workdir is not "
+                        "locked against a second run", lock_path, os.strerror(err.errno))
             file.close()
             return WorkdirLock(path, None)
         file.seek(0)
@@ -140,10 +142,10 @@ def lock(path: str | Path) -> WorkdirLock:
     host = socket.gethostname()
     if previous.get("pid") is not None:
         alive = previous.get("host") == host and _pid_alive(previous["pid"])
-        logging.warning("%s: taking over the lock of a run that ended without releasing it "
-                        "(host %s, pid %s%s)", lock_path, previous.get("host", "?"),
-                        previous["pid"], ", that pid now belongs to another process"
-                        if alive else "")
+        log.warning("%s: taking over the lock of a run that ended without releasing it "
+                    "(host %s, pid %s%s)", lock_path, previous.get("host", "?"),
+                    previous["pid"], ", that pid now belongs to another process"
+                    if alive else "")
     try:
         file.seek(0)
         file.truncate(0)

@@ -1,4 +1,4 @@
-"""Where a run reports: metrics.jsonl, TensorBoard event files and a progress bar.
+"""Where a run records its metrics: metrics.jsonl and TensorBoard event files.
 
 Only process 0 writes. Each logged event is one JSON object per line of
 `workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +70,3 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-class Progress:
-    """A tqdm bar over optimizer steps: step, loss, steps/s and ETA."""
-
-    def __init__(self, start: int, total: int, enabled: bool):
-        self.bar = None
-        if enabled and jax.process_index() == 0 and total > start:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            file=sys.stderr, mininterval=1.0)
-
-    def update(self, loss: float | None = None) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        if loss is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -29,6 +29,8 @@ LABEL_TYPES = (str, int, bool)
 
 
 class ClassificationTask(TaskBase):
+    unit = "examples"  # what a train step's weight counts
+
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
         data = config.data
@@ -77,11 +79,13 @@ class ClassificationTask(TaskBase):
         path = workdir / "labels.json"
         if path.exists():
             return _read_labels(path)
-        if "train" not in self.records:
+        names = self._checkpoint_labels()
+        if names is None and "train" not in self.records:
             raise UserInputError(
                 f"data.train: needed to build the label vocabulary (no {path} from an earlier run)"
             )
-        names = sorted({self._label_key(r) for r in self.records["train"]})
+        if names is None:
+            names = sorted({self._label_key(r) for r in self.records["train"]})
         if len(names) < 2:
             raise UserInputError(
                 f"data.train: found {len(names)} distinct label(s) in field "
@@ -93,6 +97,20 @@ class ClassificationTask(TaskBase):
             tmp.write_text(json.dumps(names))
             tmp.replace(path)
         return names
+
+    def _checkpoint_labels(self) -> list[str] | None:
+        """The labels of a fine-tuned classifier (`id2label` of its config.json, e.g. a
+        run's export/), when they are named (not LABEL_<i>) and cover the training
+        labels: its head then keeps its meaning. None otherwise."""
+        id2label = self.hf_config.get("id2label") or {}
+        try:
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            return None
+        if len(names) < 2 or any(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            return None
+        seen = {self._label_key(r) for r in self.records.get("train", ())}
+        return names if seen <= set(names) else None
 
     def _features(self, record: dict) -> dict:
         data = self.config.data
