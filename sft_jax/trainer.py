@@ -461,6 +461,13 @@ class Trainer:
         if jax.process_index() == 0:
             for line in self.header(start):
                 log.info("%s", line)
+            cut = {k: v for k, v in self.task.data_stats().items()
+                   if ("truncated" in k or "dropped" in k) and v}
+            if cut:  # once per run, counted: the data record of metrics.jsonl has them all
+                log.warning("data: %s (of the records above; see data.max_length and the "
+                            "task's other length keys)",
+                            ", ".join(f"{k.replace('/', ' ').replace('_', ' ')} {v:,}"
+                                      for k, v in cut.items()))
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())
         self.writer.write(start, "model", {"params": self.num_params,

@@ -243,7 +243,7 @@ class TaskBase:
                 self._train_rows = LazyMap(self.examples["train"], packing.single_segment)
         self._eval_rows = {split: LazyMap(ex, packing.single_segment)
                            for split, ex in self.examples.items() if split != "train"}
-        log.info("Data: %s", self.stats)
+        log.debug("Data: %s", self.stats)
 
     def lm_init_batch(self) -> dict[str, np.ndarray]:
         ids = np.zeros((1, 8), np.int32)

@@ -48,6 +48,7 @@ class ClassificationTask(TaskBase):
                         f"never seen in training (known: {self.label_names})"
                     )
 
+        self._count_truncated()
         model = config.model
         self.head = {"num_labels": len(self.label_names), "pooling": model.pooling or None}
         self.build(f"{self.model_dir}/config.json", **self.head,
@@ -97,6 +98,16 @@ class ClassificationTask(TaskBase):
             tmp.write_text(json.dumps(names))
             tmp.replace(path)
         return names
+
+    def _count_truncated(self) -> None:
+        """stats `<split>/truncated`: records longer than data.max_length tokens (cut)."""
+        data = self.config.data
+        for split, records in self.records.items():
+            texts = [r[data.text_field] for r in records]
+            pairs = [r[data.text_pair_field] for r in records] if data.text_pair_field else None
+            lengths = self.tokenizer(texts, pairs, truncation=False, return_length=True,
+                                     verbose=False)["length"] if texts else []
+            self.stats[f"{split}/truncated"] = sum(int(n > data.max_length) for n in lengths)
 
     def _checkpoint_labels(self) -> list[str] | None:
         """The labels of a fine-tuned classifier (`id2label` of its config.json, e.g. a
@@ -177,7 +188,8 @@ class ClassificationTask(TaskBase):
                 "confusion_matrix": result.confusion_matrix}
 
     def data_stats(self) -> dict[str, Any]:
-        return {f"{split}/examples": len(records) for split, records in self.records.items()}
+        return {**{f"{split}/examples": len(records) for split, records in self.records.items()},
+                **self.stats}
 
     def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
                           params=None) -> None:

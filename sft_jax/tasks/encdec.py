@@ -174,7 +174,7 @@ class EncDecTask(Seq2SeqBase):
                 self._train_rows = LazyMap(self.pairs["train"], single)
         self._eval_rows = {split: LazyMap(pairs, single) for split, pairs in self.pairs.items()
                            if split != "train"}
-        log.info("Data: %s", self.stats)
+        log.debug("Data: %s", self.stats)
 
     # Task interface ---------------------------------------------------------------------
 
