@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 from sft_jax.peft import check_base
 from sft_jax.workdir import StorageError, describe_os_error
@@ -40,13 +41,13 @@ from sft_jax.workdir import StorageError, describe_os_error
 class Checkpoints:
     """The run's two orbax managers behind save / restore calls the loop understands."""
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict,
+    def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                  base: dict | None = None, replicas: int = 1):
         """`base`: the fingerprint of the frozen base weights (`peft.base_fingerprint`)
         for a run whose checkpoints hold only what trains; None for full fine-tuning.
         `replicas`: how many replicas keep a best copy each (the state saved by `save`
         holds all of them stacked)."""
-        workdir = Path(workdir).absolute()
+        workdir = storage.absolute(workdir)  # local, or remote (gs://...)
         self.every = int(config.every)
         self.metric = str(config.best_metric)
         self.mode = str(config.best_mode)
@@ -121,7 +122,7 @@ class Checkpoints:
                            else "") + "); remove the directory to start afresh")
 
     def _move_aside(self, step: int, reason: str, used: int) -> None:
-        directory = Path(self.latest.directory)
+        directory = storage.path(self.latest.directory)
         aside = directory / f"corrupt-{step}"
         if jax.process_index() == 0:
             k = 1
@@ -136,7 +137,7 @@ class Checkpoints:
                       ) -> tuple[Any, dict, jax.Array]:
         logging.info("Resuming from %s/%d", self.latest.directory, step)
         where = f"{self.latest.directory}/{step}"
-        has_base = (Path(self.latest.directory) / str(step) / "base").exists()
+        has_base = (storage.path(self.latest.directory) / str(step) / "base").exists()
         if has_base != (self.base is not None):
             raise UserInputError(
                 f"{where}: written by a run that trained "
