@@ -13,8 +13,9 @@ natively is done here:
   (objects cannot be appended to): the existing lines are read once at the start and the
   whole object is rewritten at each append.
 - `local_copy(p)`: a remote directory (a model directory: transformers and safetensors
-  read local files only) copied once into `cache_dir()/remote/<hash of p>/<name>`, then
-  reused; a local one as is. Delete that directory to fetch the remote one again.
+  read local files only) copied once into `local_dir(p)` =
+  `cache_dir()/remote/<hash of p>/<name>`, then reused; a local one as is. Delete that
+  directory to copy the remote one again.
 - `staged_dir(p)`: a local directory to write a directory's files into (export/: safetensors
   and tokenizers write local files only); for a remote `p`, a temporary one uploaded to
   `p` when the block ends without error.
@@ -110,20 +111,31 @@ def _copy_tree(src: AnyPath, dst: AnyPath) -> None:
             shutil.copyfileobj(fin, fout)
 
 
-def local_copy(p: str | os.PathLike) -> Path:
-    """A local directory with the files of directory `p` (see the module docstring)."""
+def local_dir(p: str | os.PathLike) -> Path:
+    """`p` itself when local; for a remote `p`, the local directory that stands for it:
+    `cache_dir()/remote/<hash of p>/<name>` (not created here)."""
     if is_local(p):
         return Path(p)
     from sft_jax.assets.base import cache_dir
 
     remote = epath.Path(p)
     key = hashlib.sha256(str(remote).encode()).hexdigest()[:16]
-    dest = cache_dir() / "remote" / key / remote.name
-    if not dest.is_dir():
+    return cache_dir() / "remote" / key / remote.name
+
+
+def local_copy(p: str | os.PathLike) -> Path:
+    """A local directory with the files of directory `p` (see the module docstring)."""
+    dest = local_dir(p)
+    if not is_local(p) and not dest.is_dir():
+        remote = epath.Path(p)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             _copy_tree(remote, Path(tmp) / remote.name)
-            (Path(tmp) / remote.name).rename(dest)
+            try:
+                (Path(tmp) / remote.name).rename(dest)
+            except OSError:
+                if not dest.is_dir():  # else another process copied it first
+                    raise
     return dest
 
 
