@@ -6,7 +6,7 @@
 `exists`, `iterdir`, `mkdir`, ...); orbax takes either. What remote storage cannot do
 natively is done here:
 
-- `write_text(p, text)`: whole or absent. Local: written to `p.tmp`, then renamed over
+- `write_text(p, text)`: whole or absent. Local: written to `<p>.tmp`, then renamed over
   `p`; remote: one object write (already atomic).
 - `open_text(p)`: a text file for reading (UTF-8, a BOM dropped, newlines untouched).
 - `AppendLines(p)`: a file that grows by lines (metrics.jsonl). Local: appended to; remote
@@ -22,6 +22,8 @@ natively is done here:
 - `tensorboard_writer(logdir)`: a tensorboardX SummaryWriter; event files under a remote
   logdir go through epath (tensorboardX's own gs:// writer needs google-cloud-storage),
   rewritten whole at each flush.
+
+The workdir lock on remote storage (no flock there) is `sft_jax.workdir`'s.
 """
 
 from __future__ import annotations
