@@ -2,7 +2,8 @@
 
 Only process 0 writes. Each logged event is one JSON object per line of
 `workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
-(plus `"replica": k` in runs with `train.replicas` > 1). Every JSON file the run writes
+(plus `"replica": k` in runs with `train.replicas` > 1); a remote workdir's (gs://...) is
+rewritten whole at each record (`sft_jax.storage`). Every JSON file the run writes
 is strict JSON: a non-finite number (NaN, +-inf) is written as `null` (`to_json`).
 Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
 """

@@ -17,7 +17,7 @@ import os
 import shutil
 
 import pytest
-from conftest import apply_overrides, load_config, tiny_overrides
+from conftest import REPO, apply_overrides, load_config, tiny_overrides
 
 
 @pytest.fixture()
@@ -115,5 +115,5 @@ def test_a_run_a_resume_and_a_report_on_gcs(tmp_path, monkeypatch, fake_gcs, tin
     assert "run" in (bucket / "sweep" / "summary.md").read_text()
 
     assert list(cwd.iterdir()) == []
-    assert not list(tmp_path.rglob("gs:*"))
+    assert not list(tmp_path.rglob("gs:*")) and not (REPO / "gs:").exists()
     assert list((tmp_path / "cache" / "remote").glob("*/bert/config.json"))
