@@ -83,7 +83,7 @@ def test_a_run_a_resume_and_a_report_on_gcs(tmp_path, monkeypatch, fake_gcs, tin
                  **{f"data.{split}": f"gs://bucket/data/{split}.jsonl"
                     for split in ("train", "validation", "test")},
                  "train.steps": 2, "train.log_every": 1, "checkpoint.every": 1,
-                 "train.eval_every": 2}
+                 "train.eval_every": 2, "data.buckets": (16,), "data.max_length": 16}
     run = "gs://bucket/sweep/run"
     train.train_and_evaluate(apply_overrides(  # the first run: no final evaluation, no export
         load_config(), {**overrides, "eval.splits": (), "checkpoint.export": False}), run)
