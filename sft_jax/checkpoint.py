@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 from sft_jax.peft import check_base
 from sft_jax.workdir import StorageError, describe_os_error
@@ -42,14 +43,14 @@ log = logging.getLogger(__name__)
 class Checkpoints:
     """The run's two orbax managers behind save / restore calls the loop understands."""
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict,
+    def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                  base: dict | None = None, replicas: int = 1, create: bool = True):
         """`base`: the fingerprint of the frozen base weights (`peft.base_fingerprint`)
         for a run whose checkpoints hold only what trains; None for full fine-tuning.
         `replicas`: how many replicas keep a best copy each (the state saved by `save`
         holds all of them stacked). `create=False` (a run that trains nothing) creates no
         directory."""
-        workdir = Path(workdir).absolute()
+        workdir = storage.absolute(workdir)  # local, or remote (gs://...)
         self.every = int(config.every)
         self.metric = str(config.best_metric)
         self.mode = str(config.best_mode)
@@ -124,7 +125,7 @@ class Checkpoints:
                            else "") + "); remove the directory to start afresh")
 
     def _move_aside(self, step: int, reason: str, used: int) -> None:
-        directory = Path(self.latest.directory)
+        directory = storage.path(self.latest.directory)
         aside = directory / f"corrupt-{step}"
         if jax.process_index() == 0:
             k = 1
@@ -139,7 +140,7 @@ class Checkpoints:
                       ) -> tuple[Any, dict, jax.Array]:
         log.info("Resuming from %s/%d", self.latest.directory, step)
         where = f"{self.latest.directory}/{step}"
-        has_base = (Path(self.latest.directory) / str(step) / "base").exists()
+        has_base = (storage.path(self.latest.directory) / str(step) / "base").exists()
         if has_base != (self.base is not None):
             raise UserInputError(
                 f"{where}: written by a run that trained "
@@ -223,10 +224,10 @@ class Checkpoints:
             best.close()
 
 
-def read_params(directory: str | Path, abstract_params: Any) -> tuple[int, Any]:
+def read_params(directory: str | os.PathLike, abstract_params: Any) -> tuple[int, Any]:
     """(step, params) of the checkpoint kept in a best-params directory (`best/` or
     `best/replica-k/` of a run), restored to `abstract_params`; one line if unreadable."""
-    directory = Path(directory).absolute()
+    directory = storage.absolute(directory)
     manager = ocp.CheckpointManager(directory, item_names=("params",),
                                     options=ocp.CheckpointManagerOptions(create=False))
     try:

@@ -22,7 +22,10 @@ bars are silent.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -111,18 +114,25 @@ def setup(verbosity: int = 0, log_level: str = "info") -> None:
     sys.unraisablehook = _log_unraisable
 
 
-def log_to(workdir: str | Path) -> Path | None:
-    """Appends every record from now on to `workdir/log.txt` (one file per process 0 of
-    a run; a second call moves it). Returns the file, or None when it cannot be opened
-    (the console still works)."""
+def log_to(workdir: str | os.PathLike) -> Path | None:
+    """Appends every record from now on to `workdir/log.txt` (a second call moves it).
+    A remote workdir (gs://...) logs to a local copy (`storage.local_dir`), uploaded
+    whole when the process exits. Returns the local file, or None when it cannot be
+    opened (the console still works)."""
+    from sft_jax import storage
+
     root = logging.getLogger()
     if _state["file"] is not None:
         root.removeHandler(_state["file"])
         _state["file"].close()
         _state["file"] = None
-    path = Path(workdir) / LOG_FILE
+    path = storage.local_dir(workdir) / LOG_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not storage.is_local(workdir):
+            remote = storage.path(workdir) / LOG_FILE
+            path.write_text(remote.read_text() if remote.exists() else "")
+            atexit.register(_upload, path, remote)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError:
         return None
@@ -131,6 +141,12 @@ def log_to(workdir: str | Path) -> Path | None:
     _state["file"] = handler
     log.debug("sft_jax %s", " ".join(sys.argv))
     return path
+
+
+def _upload(local: Path, remote) -> None:
+    logging.shutdown()  # flushes the file handler
+    with contextlib.suppress(OSError):
+        remote.write_text(local.read_text())
 
 
 def _log_unraisable(unraisable) -> None:

@@ -15,13 +15,13 @@ or exported. The workdir must not hold a training run's checkpoints.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
+import os
 from typing import Any
 
 import ml_collections
 from absl import flags
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 flags.DEFINE_string("model", None, "Asset name, Hugging Face directory (a run's export/) or "
@@ -30,10 +30,10 @@ flags.DEFINE_string("model", None, "Asset name, Hugging Face directory (a run's 
 FLAGS = flags.FLAGS
 
 
-def best_params_run(model: str | Path) -> Path | None:
+def best_params_run(model: str | os.PathLike) -> os.PathLike | None:
     """The run directory of a best-params directory (`RUN/best`, `RUN/best/replica-k`),
     None when `model` is not one."""
-    path = Path(model)
+    path = storage.path(model)
     if path.name.startswith("replica-") and path.parent.name == "best":
         path = path.parent
     if path.name != "best" or not path.is_dir():
@@ -62,13 +62,13 @@ def _adopt(section: ml_collections.ConfigDict, saved: dict[str, Any], where: str
                 raise UserInputError(f"{where}.{key}: {err}") from None
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-             model: str | Path | None = None) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+             model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluates `model` (see the module docstring; None: `config.model.checkpoint`) on
     the config's splits into `workdir`; returns the results by split (results.json)."""
     from sft_jax import trainer
 
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
         raise UserInputError(f"{workdir}: holds a training run's checkpoints; evaluate into "
                              f"another directory (its results.json would be replaced)")
@@ -86,8 +86,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
             labels = run / "labels.json"
             if labels.is_file() and not (workdir / "labels.json").exists():
                 workdir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(labels, workdir / "labels.json")
-            params_from = Path(model)
+                storage.write_text(workdir / "labels.json", labels.read_text())
+            params_from = storage.path(model)
     config.train.steps = 0
     config.train.replicas = 1
     config.checkpoint.export = False

@@ -21,7 +21,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import absl.logging  # noqa: F401  (defines --verbosity)
 from absl import flags
@@ -78,7 +77,9 @@ def print_results(results: dict, out_dir: str) -> None:
         print("results" + (f" (params of {sources.pop()})" if len(sources) == 1 else "") + ":")
         for line in console.table(rows):
             print(f"  {line}")
-    root = Path(out_dir)
+    from sft_jax import storage
+
+    root = storage.path(out_dir)
     for name in ("export", "predictions"):
         if (root / name).is_dir():
             print(f"{name}: {root / name}")

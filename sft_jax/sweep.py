@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
-from sft_jax import sweep_runner, sweeps
+from sft_jax import storage, sweep_runner, sweeps
 from sft_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ def main(argv: list[str], common: list[str]) -> int:
             raise UserInputError(f"--{name} is required")
     shard = sweep_runner.parse_shard(FLAGS.shard)
     sweep_runner.make_slots(FLAGS.parallel)  # a bad --parallel fails before anything runs
-    workdir = Path(FLAGS.workdir)
+    workdir = storage.path(FLAGS.workdir)  # local, or remote (gs://...)
     plan = sweeps.make_plan(FLAGS.config, FLAGS.sweep, common)
     sweep_runner.check_workdir(plan, workdir)
     if FLAGS.dry_run:

@@ -42,7 +42,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sft_jax import console, optim, parallel, peft, placement, steps, tasks, validate
+from sft_jax import console, optim, parallel, peft, placement, steps, storage, tasks, validate
 from sft_jax import state as state_lib
 from sft_jax import workdir as workdir_lib
 from sft_jax.checkpoint import Checkpoints, read_params
@@ -117,9 +117,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """workdir/config.json, replaced whole (never half-written)."""
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        partial = workdir / "config.json.tmp"
-        partial.write_text(config.to_json_best_effort(indent=2) + "\n")
-        partial.replace(workdir / "config.json")
+        storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
 
 def lock_workdir(workdir: Path) -> workdir_lib.WorkdirLock | None:
@@ -151,7 +149,7 @@ class Trainer:
         self.config = config
         self.replicas = int(config.train.replicas)
         self.seeds = [int(config.seed) + k for k in range(self.replicas)]
-        self.workdir = Path(workdir)
+        self.workdir = storage.path(workdir)  # local, or remote (gs://...)
         self.lock = lock_workdir(self.workdir)  # before anything is written there
         try:
             self._setup()
@@ -616,9 +614,7 @@ class Trainer:
         results = per_replica[0] if self.replicas == 1 else \
             replica_summary(per_replica, self.seeds)
         if jax.process_index() == 0:  # whole or absent: a sweep takes it as "done"
-            partial = self.workdir / "results.json.tmp"
-            partial.write_text(to_json(results, indent=2) + "\n")
-            partial.replace(self.workdir / "results.json")
+            storage.write_text(self.workdir / "results.json", to_json(results, indent=2) + "\n")
         return results
 
     def _final_replica(self, k: int, step: int, eval_features: dict) -> dict[str, Any]:
@@ -669,13 +665,13 @@ class Trainer:
         if config.checkpoint.export:
             host = parallel.to_host(model_params)
             trainable = parallel.to_host(final_params) if self.adapter is not None else None
-            export_dir = self._out_dir("export", k)
             if jax.process_index() == 0:
-                self.task.export(export_dir, host)
-                if self.adapter is not None:
-                    peft.write_adapter(export_dir / "adapter", self.peft,
-                                       self.adapter, trainable, host,
-                                       self.checkpoints.base["path"])
+                with storage.staged_dir(self._out_dir("export", k)) as export_dir:
+                    self.task.export(export_dir, host)
+                    if self.adapter is not None:
+                        peft.write_adapter(export_dir / "adapter", self.peft,
+                                           self.adapter, trainable, host,
+                                           self.checkpoints.base["path"])
         return results
 
 

@@ -2,7 +2,8 @@
 
 Only process 0 writes. Each logged event is one JSON object per line of
 `workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
-(plus `"replica": k` in runs with `train.replicas` > 1). Every JSON file the run writes
+(plus `"replica": k` in runs with `train.replicas` > 1); a remote workdir's (gs://...) is
+rewritten whole at each record (`sft_jax.storage`). Every JSON file the run writes
 is strict JSON: a non-finite number (NaN, +-inf) is written as `null` (`to_json`).
 Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from sft_jax import storage
 
 
 def jsonable(value: Any) -> Any:
@@ -43,12 +46,11 @@ def to_json(value: Any, **kwargs) -> str:
 class MetricWriter:
     def __init__(self, workdir: str | Path):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = None
+        self.path = storage.path(workdir) / "metrics.jsonl"
+        self._tb = self._lines = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._lines = storage.AppendLines(self.path)  # a remote one: read once, here
+            self._tb = storage.tensorboard_writer(storage.path(workdir) / "tensorboard")
 
     def write(self, step: int, split: str, metrics: dict, replica: int | None = None) -> None:
         """One record; `replica` (runs with `train.replicas` > 1) is added to it as
@@ -60,8 +62,7 @@ class MetricWriter:
         if replica is not None:
             record["replica"] = int(replica)
             suffix = f"/replica-{replica}"
-        with self.path.open("a") as f:
-            f.write(to_json(record) + "\n")
+        self._lines.append(to_json(record) + "\n")
         for name, value in metrics.items():
             if np.ndim(value) == 0 and isinstance(record[name], int | float):
                 self._tb.add_scalar(f"{split}/{name}{suffix}", float(value), int(step))

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from sft_jax import metrics as metrics_lib
+from sft_jax import storage
 from sft_jax.data import chat, packing, sources
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
@@ -138,7 +139,7 @@ class TaskBase:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = storage.path(workdir)  # local, or remote (gs://...)
         self.records: dict[str, list[dict]] = {}
         self.stats: dict[str, Any] = {}
         self.examples: dict[str, list[dict]] = {}  # split -> chat examples (decoder LMs)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from sft_jax import metrics as metrics_lib
+from sft_jax import storage
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
 from sft_jax.tasks.base import TaskBase, check_field
@@ -94,9 +95,7 @@ class ClassificationTask(TaskBase):
             )
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(names))
-            tmp.replace(path)
+            storage.write_text(path, json.dumps(names))
         return names
 
     def _count_truncated(self) -> None:
