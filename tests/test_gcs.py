@@ -67,7 +67,8 @@ def fake_gcs(tmp_path, monkeypatch):
 
 def test_a_run_a_resume_and_a_report_on_gcs(tmp_path, monkeypatch, fake_gcs, tiny_bert_dir,
                                             tiny_corpus_dir):
-    from sft_jax import reporting, train, workdir
+    import sft_jax
+    from sft_jax import reporting, workdir
     from sft_jax.errors import UserInputError
 
     bucket = fake_gcs / "bucket"
@@ -85,9 +86,9 @@ def test_a_run_a_resume_and_a_report_on_gcs(tmp_path, monkeypatch, fake_gcs, tin
                  "train.steps": 2, "train.log_every": 1, "checkpoint.every": 1,
                  "train.eval_every": 2, "data.buckets": (16,), "data.max_length": 16}
     run = "gs://bucket/sweep/run"
-    train.train_and_evaluate(apply_overrides(  # the first run: no final evaluation, no export
+    sft_jax.train(apply_overrides(  # the first run: no final evaluation, no export
         load_config(), {**overrides, "eval.splits": (), "checkpoint.export": False}), run)
-    results = train.train_and_evaluate(
+    results = sft_jax.train(
         apply_overrides(load_config(), {**overrides, "train.steps": 4}), run)
     assert set(results) == {"validation", "test"}
 

