@@ -19,14 +19,14 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(PY) -m sft_jax.assets fetch minilm-l6
-	$(PY) -m sft_jax.assets fetch rotten-tomatoes
-	$(PY) -m sft_jax.main --config=configs/classification.py --workdir=$(DEMO_DIR)
+	$(VENV)/bin/sft-jax assets fetch minilm-l6
+	$(VENV)/bin/sft-jax assets fetch rotten-tomatoes
+	$(VENV)/bin/sft-jax train --config=configs/classification.py --workdir=$(DEMO_DIR)
 
 # The same model and splits before fine-tuning (fresh head): the starting point.
 demo-baseline: $(VENV)/.base
-	$(PY) -m sft_jax.main --config=configs/classification.py --workdir=$(DEMO_DIR)-before \
-		--config.train.steps=0
+	$(VENV)/bin/sft-jax eval --config=configs/classification.py --model=minilm-l6 \
+		--workdir=$(DEMO_DIR)-before
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

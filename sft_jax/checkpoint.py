@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -32,21 +32,25 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 from sft_jax.peft import check_base
 from sft_jax.workdir import StorageError, describe_os_error
+
+log = logging.getLogger(__name__)
 
 
 class Checkpoints:
     """The run's two orbax managers behind save / restore calls the loop understands."""
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict,
-                 base: dict | None = None, replicas: int = 1):
+    def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                 base: dict | None = None, replicas: int = 1, create: bool = True):
         """`base`: the fingerprint of the frozen base weights (`peft.base_fingerprint`)
         for a run whose checkpoints hold only what trains; None for full fine-tuning.
         `replicas`: how many replicas keep a best copy each (the state saved by `save`
-        holds all of them stacked)."""
-        workdir = Path(workdir).absolute()
+        holds all of them stacked). `create=False` (a run that trains nothing) creates no
+        directory."""
+        workdir = storage.absolute(workdir)  # local, or remote (gs://...)
         self.every = int(config.every)
         self.metric = str(config.best_metric)
         self.mode = str(config.best_mode)
@@ -54,7 +58,7 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=max(int(config.keep), 1),
-                                                 create=True),
+                                                 create=create),
             item_names=("state", "data", "rng") + (("base",) if base is not None else ()),
         )
         self.bests: list[ocp.CheckpointManager] = []
@@ -68,7 +72,7 @@ class Checkpoints:
                     best_fn=lambda m: m[self.metric],
                     best_mode=self.mode,
                     keep_checkpoints_without_metrics=False,
-                    create=True,
+                    create=create,
                 ),
                 item_names=("params",),
             ) for directory in best_dirs]
@@ -121,7 +125,7 @@ class Checkpoints:
                            else "") + "); remove the directory to start afresh")
 
     def _move_aside(self, step: int, reason: str, used: int) -> None:
-        directory = Path(self.latest.directory)
+        directory = storage.path(self.latest.directory)
         aside = directory / f"corrupt-{step}"
         if jax.process_index() == 0:
             k = 1
@@ -129,14 +133,14 @@ class Checkpoints:
                 k += 1
                 aside = directory / f"corrupt-{step}.{k}"
             (directory / str(step)).rename(aside)
-        logging.warning("%s/%d: unreadable (%s); moved to %s, resuming from step %d",
-                        directory, step, reason, aside, used)
+        log.warning("%s/%d: unreadable (%s); moved to %s, resuming from step %d",
+                    directory, step, reason, aside, used)
 
     def _restore_step(self, step: int, abstract_state: Any, check_data
                       ) -> tuple[Any, dict, jax.Array]:
-        logging.info("Resuming from %s/%d", self.latest.directory, step)
+        log.info("Resuming from %s/%d", self.latest.directory, step)
         where = f"{self.latest.directory}/{step}"
-        has_base = (Path(self.latest.directory) / str(step) / "base").exists()
+        has_base = (storage.path(self.latest.directory) / str(step) / "base").exists()
         if has_base != (self.base is not None):
             raise UserInputError(
                 f"{where}: written by a run that trained "
@@ -218,6 +222,28 @@ class Checkpoints:
         self.latest.close()
         for best in self.bests:
             best.close()
+
+
+def read_params(directory: str | os.PathLike, abstract_params: Any) -> tuple[int, Any]:
+    """(step, params) of the checkpoint kept in a best-params directory (`best/` or
+    `best/replica-k/` of a run), restored to `abstract_params`; one line if unreadable."""
+    directory = storage.absolute(directory)
+    manager = ocp.CheckpointManager(directory, item_names=("params",),
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise UserInputError(f"{directory}: no checkpoint in it")
+        out = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params)))
+    except UserInputError:
+        raise
+    except Exception as err:  # any failure to read it (a mismatched tree, a bad file)
+        raise UserInputError(f"{directory}: cannot be read as this run's params "
+                             f"({type(err).__name__}: {describe_os_error(err)})") from None
+    finally:
+        manager.close()
+    return step, out.params
 
 
 @contextlib.contextmanager

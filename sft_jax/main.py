@@ -1,14 +1,17 @@
-"""Command line: flags + config -> `train.train_and_evaluate(config, workdir)`.
+r"""`sft-jax train` (also `python -m sft_jax.main`): fine-tune, evaluate, export.
 
-    python -m sft_jax.main --config=configs/classification.py --workdir=/tmp/run \
-        [--config.train.steps=0] [--config.KEY=VALUE ...]
+    sft-jax train --config=configs/classification.py --workdir=/tmp/run
+    sft-jax train --config=configs/classification.py:runlocal --workdir=/tmp/tiny \
+        --config.optim.learning_rate=3e-5 --config.train.steps=100
 
-Intentionally thin: everything else is importable from a notebook or a test. Bad input
-(sft_jax.errors.UserInputError) prints one line and exits with status 2; a run stopped by
-its non-finite guard (sft_jax.errors.NonFiniteError) one line and status 3; a storage fault
-mid-run (sft_jax.workdir.StorageError: disk full, a read-only directory) one line and
-status 1; Ctrl-C/SIGTERM one line and status 130 (the first saves a checkpoint, a second
-aborts).
+Intentionally thin: the run itself is `sft_jax.train(config, workdir)`, importable from a
+notebook or a test; `sft-jax eval` (`sft_jax.evaluation`) shares this file's flags and
+exits. Bad input (sft_jax.errors.UserInputError) prints one line and exits with status 2;
+a run stopped by its non-finite guard (sft_jax.errors.NonFiniteError) one line and
+status 3; a storage fault mid-run (sft_jax.workdir.StorageError: disk full, a read-only
+directory) one line and status 1; Ctrl-C/SIGTERM one line and status 130 (the first saves
+a checkpoint, a second aborts). The console shows sft_jax's own lines; the full log is
+`WORKDIR/log.txt` (`sft_jax.console`).
 """
 
 from __future__ import annotations
@@ -17,23 +20,33 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Callable
 
+import absl.logging  # noqa: F401  (defines --verbosity)
 from absl import flags
 from ml_collections import config_flags
 
-from sft_jax import workdir
+from sft_jax import cli, console, workdir
 from sft_jax.errors import NonFiniteError, UserInputError, flag_error
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, export.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, "
+                    "export and log.txt.")
 config_flags.DEFINE_config_file("config", None, "Task config file.", lock_config=True)
+flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+flags.DEFINE_enum("log_level", "info", ["debug", "info"], "debug: every library's DEBUG "
+                  "lines on the console and in log.txt.")
 
+log = logging.getLogger("sft_jax.main")
 
 # Errors of a write that the environment refused: reported as a storage fault.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
+# The flags `--help` lists, in this order (absl's own are many and rarely wanted).
+HELP_FLAGS = ("config", "workdir", "model", "print_config", "verbosity", "log_level")
 
-def _fail(message: str, status: int = 2) -> None:
+
+def fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
@@ -48,34 +61,67 @@ def _abort(message: str, status: int) -> None:
     os._exit(status)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.workdir:
-        _fail("--workdir is required")
-    try:
-        workdir.check(FLAGS.workdir)  # before the slow imports; the run locks it later
-    except UserInputError as err:
-        _fail(str(err))
-    from sft_jax import parallel, train
+def print_results(results: dict, out_dir: str) -> None:
+    """The final metrics as a table per split (mean ± std over replicas, if any) and where
+    the outputs are."""
+    stds = results.get("std", {})
+    rows = {}
+    for split, metrics in results.items():
+        if split in ("std", "replicas") or not isinstance(metrics, dict):
+            continue
+        rows[split] = {k: (f"{console.number(v)} ± {console.number(stds[split][k])}"
+                           if k in stds.get(split, {}) else v)
+                       for k, v in console.headline_metrics(metrics).items()}
+    sources = {m.get("params_from") for m in results.values() if isinstance(m, dict)} - {None}
+    if rows:
+        print("results" + (f" (params of {sources.pop()})" if len(sources) == 1 else "") + ":")
+        for line in console.table(rows):
+            print(f"  {line}")
+    from sft_jax import storage
 
+    root = storage.path(out_dir)
+    for name in ("export", "predictions"):
+        if (root / name).is_dir():
+            print(f"{name}: {root / name}")
+    print(f"outputs: {out_dir}")
+
+
+def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
+    """Runs `command(config, workdir) -> results` with the flags' config and workdir."""
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
-        _fail("--config is required, e.g. --config=configs/classification.py")
+        fail("--config is required, e.g. --config=configs/classification.py")
     try:
         config = FLAGS.config
         config.task  # noqa: B018  (a config file that failed to load raises here)
     except OSError as err:
-        _fail(f"--config: {' '.join(str(err).split())}")
+        fail(f"--config: {' '.join(str(err).split())}")
+    if FLAGS.print_config:
+        print(config)
+        return
+    if not FLAGS.workdir:
+        fail("--workdir is required")
+    try:
+        workdir.check(FLAGS.workdir)  # before the slow imports; the run locks it later
+    except UserInputError as err:
+        fail(str(err))
+    import jax
+
+    from sft_jax import parallel, trainer
+
     try:
         parallel.initialize_distributed(config)
+        if jax.process_index() == 0:
+            console.log_to(FLAGS.workdir)
         parallel.log_devices()
-        results = train.train_and_evaluate(config, FLAGS.workdir)
+        results = command(config, FLAGS.workdir)
     except UserInputError as err:
-        _fail(str(err))
+        fail(str(err))
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_status)
-    except train.StopRequested as stop:
+    except trainer.StopRequested as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while stopping, or before the loop
@@ -87,46 +133,37 @@ def main(argv: list[str]) -> None:
         if err.errno not in _STORAGE_ERRNOS:
             raise
         _abort(f"error: {err.filename or FLAGS.workdir}: {os.strerror(err.errno)}", 1)
-    stds = results.get("std", {})  # runs with train.replicas > 1: mean and std
-    for split, metrics in results.items():
-        if split in ("std", "replicas"):
-            continue
-        shown = {k: (f"{v:.4f} ± {stds[split][k]:.4f}" if k in stds.get(split, {})
-                     else round(v, 4))
-                 for k, v in metrics.items() if isinstance(v, float)}
-        print(f"{split}: {shown}")
-    print(f"outputs: {FLAGS.workdir}")
+    print_results(results, FLAGS.workdir)
 
 
-def _no_library_tracebacks(record: logging.LogRecord) -> bool:
-    """Console filter: a library's log record keeps its line, not its traceback (the
-    failure that matters reaches the user as our one line)."""
-    if record.name != "root" and not record.name.startswith("sft_jax"):
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-    return True
-
-
-def _log_unraisable(unraisable) -> None:
-    """An exception no caller could receive (e.g. a checkpoint read's leftover callbacks
-    after orbax gave up on an unreadable checkpoint) goes to the log, not the console."""
-    logging.getLogger("unraisable").info(
-        "ignored: %s: %s", unraisable.exc_type.__name__, unraisable.exc_value,
-        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
-
-
-def run() -> None:
-    """Entry point (`python -m sft_jax.main`, `sft-jax`): flag errors exit with status 2."""
+def parse_flags(doc: str) -> list[str]:
+    """absl flags of sys.argv (`--help` prints the command's help and exits 0); errors
+    exit with status 2 in one line; then the console is set up."""
+    if cli.wants_help(sys.argv[1:]):
+        print(cli.flags_help(doc, HELP_FLAGS, [
+            "--config.KEY=VALUE: override one config value (any number of them)"],
+            verbosity="1: libraries' INFO lines on the console too (log.txt always has "
+                      "them)"))
+        sys.exit(0)
     try:
         argv = FLAGS(sys.argv)
     except (flags.Error, UserInputError, AttributeError, KeyError, TypeError, ValueError) as exc:
         # absl reports a bad flag as flags.Error; ml_collections raises AttributeError or
         # KeyError for an unknown config key and TypeError/ValueError for a bad value.
-        _fail(flag_error(exc, sys.argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_no_library_tracebacks)
-    sys.unraisablehook = _log_unraisable
-    main(argv)
+        fail(flag_error(exc, sys.argv))
+    console.setup(verbosity=FLAGS.verbosity, log_level=FLAGS.log_level)
+    return argv
+
+
+def train(config, out_dir: str) -> dict:
+    from sft_jax import trainer
+
+    return trainer.train_and_evaluate(config, out_dir)
+
+
+def run() -> None:
+    """Entry point of `sft-jax train` and `python -m sft_jax.main`."""
+    main(parse_flags(__doc__), train)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from sft_jax.errors import UserInputError
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
+log = logging.getLogger(__name__)
+
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     """Calls `jax.distributed.initialize` when the config asks for several processes."""
@@ -205,7 +207,7 @@ def to_host(tree):
 
 
 def log_devices() -> None:
-    logging.info(
+    log.debug(
         "JAX %s: process %d of %d, %d local / %d global devices (%s)",
         jax.__version__, jax.process_index(), jax.process_count(),
         jax.local_device_count(), jax.device_count(), jax.devices()[0].platform,

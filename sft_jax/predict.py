@@ -1,8 +1,8 @@
 """Talk to a decoder-only model: one prompt, a JSONL file of prompts, or an interactive chat.
 
-    python -m sft_jax.predict --model=workdirs/chat/export --prompt="Any plans tonight?"
-    python -m sft_jax.predict --model=smollm2-135m-instruct --prompts=in.jsonl --output=out.jsonl
-    python -m sft_jax.predict --model=workdirs/chat/export --chat
+    sft-jax predict --model=workdirs/chat/export --prompt="Any plans tonight?"
+    sft-jax predict --model=smollm2-135m-instruct --prompts=in.jsonl --output=out.jsonl
+    sft-jax predict --model=workdirs/chat/export --chat
 
 `--model` is a Hugging Face directory (e.g. a run's `export/`) or an asset name. JSONL
 records are `{"prompt": str}` or `{"messages": [{"role", "content"}, ...]}`; each output
@@ -56,9 +56,14 @@ def _chat_loop(model: ChatModel, sampling: Sampling, system: str | None) -> None
         print(f"model> {reply}", flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2 (argparse adds the usage)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_jax.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="sft-jax predict", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="HF directory or asset name")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one user message")
@@ -104,5 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    """Entry point of `sft-jax predict` and `python -m sft_jax.predict`."""
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

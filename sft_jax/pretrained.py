@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 from sft_jax.hf.checkpoint_dir import (
     CONFIG_FILE,
@@ -55,11 +56,12 @@ class Pretrained(NamedTuple):
 
 
 def resolve_model_dir(path_or_asset: str | Path) -> Path:
-    """A local directory as is; otherwise an asset name fetched by `sft_jax.assets`.
-    Either is refused if it names its own Python code (`refuse_remote_code`)."""
+    """A local directory as is, a remote one (`gs://...`) as its local copy
+    (`storage.local_copy`); otherwise an asset name fetched by `sft_jax.assets`.
+    Any is refused if it names its own Python code (`refuse_remote_code`)."""
     path = Path(path_or_asset).expanduser()
-    if path.exists():
-        root = model_dir_path(path)
+    if not storage.is_local(path_or_asset) or path.exists():
+        root = model_dir_path(path_or_asset)
     else:
         from sft_jax import assets
 

@@ -1,6 +1,6 @@
 """Command line: the report of a directory of runs (a sweep, runs made by hand, one run).
 
-    python -m sft_jax.report DIR [--metric=accuracy,macro_f1] [--split=test] [--plots=true]
+    sft-jax report DIR [--metric=accuracy,macro_f1] [--split=test] [--plots=true]
 
 Writes DIR/summary.csv, DIR/groups.csv, DIR/summary.md and DIR/plots/*.png
 (`sft_jax.reporting`), prints summary.md and the paths written. Defaults: the `test`
@@ -30,8 +30,7 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        _fail("usage: python -m sft_jax.report DIR [--metric=a,b] [--split=test] "
-              "[--plots=true]")
+        _fail("usage: sft-jax report DIR [--metric=a,b] [--split=test] [--plots=true]")
     from sft_jax import reporting
 
     try:
@@ -46,7 +45,13 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Entry point (`python -m sft_jax.report`): flag errors exit with status 2."""
+    """Entry point (`sft-jax report`, `python -m sft_jax.report`): flag errors exit with
+    status 2."""
+    from sft_jax import cli
+
+    if cli.wants_help(sys.argv[1:]):
+        print(cli.flags_help(__doc__, ("metric", "split", "plots")))
+        sys.exit(0)
     try:
         argv = FLAGS(sys.argv)
     except flags.Error as exc:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_jax import runs as runs_lib
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 LOWER_IS_BETTER = ("loss", "perplexity", "ppl")
@@ -292,8 +293,8 @@ def write_report(path: str | Path, metrics: Sequence[str] | None = None,
                  split: str | None = None, plots: bool = True) -> Report:
     """Reads the runs under `path` and writes `path`/summary.csv, groups.csv, summary.md
     and (with `plots`) `path`/plots/*.png. UserInputError for a missing directory, no
-    runs, or an unknown split or metric."""
-    root = Path(path)
+    runs, or an unknown split or metric. `path` may be remote (gs://..., `sft_jax.storage`)."""
+    root = storage.path(path)
     runs = runs_lib.read_runs(root)
     rows = runs_lib.rows(runs)
     split, names = choose_metrics(runs, rows, split, metrics)
@@ -308,13 +309,16 @@ def write_report(path: str | Path, metrics: Sequence[str] | None = None,
 
     pd = runs_lib.pandas()
     written = [root / "summary.csv", root / "groups.csv", root / "summary.md"]
-    runs_lib.load(runs).to_csv(written[0], index=False)
-    pd.DataFrame(group_table(groups, keys, columns)).to_csv(written[1], index=False)
-    written[2].write_text(markdown)
+    storage.write_text(written[0], runs_lib.load(runs).to_csv(index=False))
+    storage.write_text(written[1], pd.DataFrame(group_table(groups, keys, columns)).to_csv(
+        index=False))
+    storage.write_text(written[2], markdown)
     if plots:
         from sft_jax import report_plots
 
-        written += report_plots.write_plots(root / "plots", runs, groups, columns)
+        with storage.staged_dir(root / "plots") as staged:  # matplotlib writes local files
+            written += [root / "plots" / p.name for p in report_plots.write_plots(
+                staged, runs, groups, columns)]
     return Report(split, names, groups, markdown, written)
 
 

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 SKIP_DIRS = frozenset({"checkpoints", "best", "export"})
@@ -105,7 +106,7 @@ def find_runs(path: str | Path) -> list[Path]:
     """Run directories under `path`: `path` itself if it holds config.json, else every
     descendant holding one (sorted), never looking inside a run's checkpoints/, best/ or
     export/. Raises UserInputError if `path` is not a directory."""
-    root = Path(path)
+    root = storage.path(path)  # local, or remote (gs://...)
     if not root.is_dir():
         raise UserInputError(f"{root}: no such directory")
     if (root / "config.json").is_file():
@@ -139,7 +140,7 @@ def read_json(path: Path) -> Any:
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Records of `run_dir/metrics.jsonl` in file order, non-finite values as NaN;
     lines that are not JSON objects are skipped; [] if there is no file."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = storage.path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
     records = []
@@ -156,8 +157,8 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_run(run_dir: str | Path, root: str | Path | None = None) -> Run:
     """One run directory; `root` (default: its parent) names it."""
-    run_dir = Path(run_dir)
-    base = Path(root) if root is not None else run_dir.parent
+    run_dir = storage.path(run_dir)
+    base = storage.path(root) if root is not None else run_dir.parent
     name = run_dir.relative_to(base).as_posix() if run_dir != base else run_dir.name
     results_path = run_dir / "results.json"
     results = read_json(results_path) if results_path.is_file() else None
@@ -171,13 +172,13 @@ def read_runs(path: str | Path) -> list[Run]:
     dirs = find_runs(path)
     if not dirs:
         raise UserInputError(f"{path}: no run directories (none holds a config.json)")
-    root = Path(path) if len(dirs) > 1 or dirs[0] != Path(path) else None
+    root = storage.path(path) if len(dirs) > 1 or dirs[0] != storage.path(path) else None
     return [read_run(d, root) for d in dirs]
 
 
 def read_sweep(path: str | Path) -> dict[str, Any] | None:
     """`path/sweep.json`, or None if there is none."""
-    sweep = Path(path) / "sweep.json"
+    sweep = storage.path(path) / "sweep.json"
     return read_json(sweep) if sweep.is_file() else None
 
 
@@ -186,7 +187,7 @@ def run_states(path: str | Path, runs: list[Run]) -> list[dict[str, Any]]:
     {"name", "state", "error", "found", "finished", "listed"}. `state` is sweep.json's
     when it lists the run (listed=True), else `done` (has results.json) or `unfinished`;
     sweep entries without a run directory have found=False."""
-    sweep = read_sweep(path) if Path(path).is_dir() else None
+    sweep = read_sweep(path) if storage.path(path).is_dir() else None
     listed = {str(e.get("name")): e for e in (sweep or {}).get("runs", []) if "name" in e}
     found = {run.name: run for run in runs}
     states = []

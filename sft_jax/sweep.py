@@ -1,6 +1,6 @@
-"""Command line of sweeps: many ordinary training runs from one sweep file.
+r"""Command line of sweeps: many ordinary training runs from one sweep file.
 
-    python -m sft_jax.sweep --config=configs/TASK.py[:variant] --sweep=FILE[:arg] \
+    sft-jax sweep --config=configs/TASK.py[:variant] --sweep=FILE[:arg] \
         --workdir=DIR [--config.KEY=VALUE ...] [--parallel=K] [--shard=I/N] [--dry_run]
 
 Each run trains in DIR/<run name>/ with `python -m sft_jax.main`; `--config.KEY=VALUE`
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
-from sft_jax import sweep_runner, sweeps
+from sft_jax import storage, sweep_runner, sweeps
 from sft_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ def main(argv: list[str], common: list[str]) -> int:
             raise UserInputError(f"--{name} is required")
     shard = sweep_runner.parse_shard(FLAGS.shard)
     sweep_runner.make_slots(FLAGS.parallel)  # a bad --parallel fails before anything runs
-    workdir = Path(FLAGS.workdir)
+    workdir = storage.path(FLAGS.workdir)  # local, or remote (gs://...)
     plan = sweeps.make_plan(FLAGS.config, FLAGS.sweep, common)
     sweep_runner.check_workdir(plan, workdir)
     if FLAGS.dry_run:
@@ -77,7 +77,7 @@ def main(argv: list[str], common: list[str]) -> int:
     if "interrupted" in {record["state"] for record in records.values()}:
         print("start the same command again to resume")
     print(f"status: {workdir / sweep_runner.STATUS}")
-    print(f"compare the runs: python -m sft_jax.report {workdir}")
+    print(f"compare the runs: sft-jax report {workdir}")
     states = {record["state"] for record in records.values()}
     if "interrupted" in states:
         return 130
@@ -85,8 +85,15 @@ def main(argv: list[str], common: list[str]) -> int:
 
 
 def run() -> None:
-    """Entry point (`python -m sft_jax.sweep`); `--config.KEY=VALUE` flags are collected
-    here and passed to every run verbatim."""
+    """Entry point (`sft-jax sweep`, `python -m sft_jax.sweep`); `--config.KEY=VALUE`
+    flags are collected here and passed to every run verbatim."""
+    from sft_jax import cli
+
+    if cli.wants_help(sys.argv[1:]):
+        print(cli.flags_help(__doc__, ("config", "sweep", "workdir", "parallel", "shard",
+                                       "dry_run"),
+                             ["--config.KEY=VALUE: an override for every run"]))
+        sys.exit(0)
     common = [arg for arg in sys.argv[1:] if _OVERRIDE.match(arg)]
     try:
         argv = FLAGS([arg for arg in sys.argv if not _OVERRIDE.match(arg)])

@@ -23,6 +23,11 @@ Contracts:
   share it: each process rewrites it under an exclusive `flock` of `DIR/.sweep.lock`,
   re-reading it and replacing only its own runs' entries (temp file + `os.replace`).
   States are informative (a SIGKILLed sweep leaves `running`); results.json is the truth.
+- DIR may be remote (`gs://...`, `sft_jax.storage`): runs get `--workdir=gs://.../name`;
+  each run's log is written in a local directory (`storage.local_dir`) and uploaded to
+  `DIR/name/sweep.log` when the run ends; sweep.json is rewritten whole with no lock, so
+  shards on several machines may overwrite each other's latest entries (results.json
+  still decides what is done).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 from sft_jax.sweeps import Plan, Run
 
@@ -59,7 +65,7 @@ _PR_SET_PDEATHSIG = 1
 
 def read_status(workdir: str | Path) -> dict[str, Any] | None:
     """DIR/sweep.json as a dict, None when absent; unreadable is a UserInputError."""
-    path = Path(workdir) / STATUS
+    path = storage.path(workdir) / STATUS
     if not path.exists():
         return None
     try:
@@ -87,16 +93,16 @@ def check_workdir(plan: Plan, workdir: str | Path) -> None:
                       [[run.name, list(run.args)] for run in plan.runs])
     if theirs != ours:
         raise UserInputError(
-            f"{Path(workdir) / STATUS}: this directory holds another sweep ({status.get('config')}"
-            f", {status.get('sweep')}, {len(status['runs'])} runs); use a new --workdir, or the "
-            f"same config, sweep and overrides to continue it")
+            f"{storage.path(workdir) / STATUS}: this directory holds another sweep "
+            f"({status.get('config')}, {status.get('sweep')}, {len(status['runs'])} runs); use "
+            f"a new --workdir, or the same config, sweep and overrides to continue it")
 
 
 def is_done(workdir: str | Path, run: Run) -> bool:
     """The run's results.json exists and holds a JSON object."""
     try:
-        return isinstance(json.loads((Path(workdir) / run.name / "results.json").read_text()),
-                          dict)
+        return isinstance(json.loads((storage.path(workdir) / run.name / "results.json"
+                                      ).read_text()), dict)
     except (OSError, ValueError):
         return False
 
@@ -111,6 +117,9 @@ def new_record(workdir: str | Path, run: Run) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(workdir: Path) -> Iterator[None]:
+    if not storage.is_local(workdir):  # no flock on an object store (see the module doc)
+        yield
+        return
     with open(workdir / ".sweep.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -127,7 +136,7 @@ def write_status(plan: Plan, workdir: str | Path, records: dict[str, dict[str, A
     `started`, `ended` (ISO 8601), `seconds`, `host` and `pid` (of the latest attempt).
     `records` replaces the entries of this process's runs; the others keep what is on disk
     (other shards), or start as `done`/`pending` from their results.json."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with _locked(workdir):
         on_disk = {r.get("name"): r for r in (read_status(workdir) or {"runs": []})["runs"]}
@@ -135,6 +144,9 @@ def write_status(plan: Plan, workdir: str | Path, records: dict[str, dict[str, A
                 for run in plan.runs]
         status = {"config": plan.config, "sweep": plan.sweep, "overrides": list(plan.common),
                   "updated": _now(), "runs": runs}
+        if not storage.is_local(workdir):
+            storage.write_text(workdir / STATUS, json.dumps(status, indent=2) + "\n")
+            return
         tmp = workdir / f".{STATUS}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(status, indent=2) + "\n")
         os.replace(tmp, workdir / STATUS)
@@ -209,7 +221,7 @@ def _child_setup(cpus: tuple[int, ...] | None, parent: int) -> Callable[[], None
 def command(plan: Plan, workdir: str | Path, run: Run) -> list[str]:
     """The training command of `run`."""
     return [sys.executable, "-m", "sft_jax.main", f"--config={plan.config}",
-            f"--workdir={Path(workdir) / run.name}", *plan.common, *run.args]
+            f"--workdir={storage.path(workdir) / run.name}", *plan.common, *run.args]
 
 
 def error_line(log: Path, offset: int) -> str:
@@ -274,7 +286,7 @@ def run_sweep(plan: Plan, workdir: str | Path, *, parallel: int = 1,
     """Runs this shard's runs of `plan` in `DIR/<name>/` (see the module doc), at most
     `parallel` at once; returns their sweep.json entries by name. A run is `interrupted`
     when it or the sweep was stopped; `pending` ones were never started."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     slots = make_slots(parallel)
     index, count = shard
     mine = [run for run in plan.runs if run.index % count == index]
@@ -315,7 +327,8 @@ def _start(plan: Plan, workdir: Path, run: Run, index: int, slot: Slot,
            records: dict[str, dict[str, Any]]) -> _Active:
     rundir = workdir / run.name
     rundir.mkdir(parents=True, exist_ok=True)
-    log = rundir / LOG
+    log = storage.local_dir(rundir) / LOG  # a remote rundir's: uploaded by `_finish`
+    log.parent.mkdir(parents=True, exist_ok=True)
     cmd = command(plan, workdir, run)
     with open(log, "ab") as out:
         out.write(f"\n=== sweep: {_now()} start {shlex.join(cmd)}\n".encode())
@@ -334,6 +347,8 @@ def _finish(workdir: Path, child: _Active, records: dict[str, dict[str, Any]]
             ) -> dict[str, Any]:
     code = child.proc.returncode
     record = records[child.run.name]
+    if not storage.is_local(workdir):
+        (workdir / child.run.name / LOG).write_bytes(child.log.read_bytes())
     record.update(returncode=code, ended=_now(),
                   seconds=round(time.monotonic() - child.start, 1))
     if code == 0 and is_done(workdir, child.run):

@@ -7,6 +7,14 @@ it ends) with the holder's host, pid and start time as JSON, so that a second ru
 same directory stops at once naming the holder. A lock file whose holder is gone (it
 still names a host and pid because that run was killed) is taken over with a warning.
 
+A remote workdir (`gs://...`, see `sft_jax.storage`) has no `flock`: `lock` writes the
+`.lock` object with the holder's host, pid and start time and `release` deletes it. A
+second run that finds it stops naming the holder, unless that holder is a pid of this
+host that is gone (taken over with a warning, as locally). The lock is not atomic: two runs
+starting at the same moment can both take it; and one of a run killed on another host
+stays until removed by hand (the error says so). `check` of a remote path refuses only an
+object where the directory should be (writability is known at the first write).
+
 `StorageError` is a write to the workdir that failed mid-run (disk full, a directory made
 read-only): an environmental fault, not bad input; the CLI prints it as one line and exits
 with status 1.
@@ -24,9 +32,12 @@ import socket
 import time
 from pathlib import Path
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 LOCK_FILE = ".lock"
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -54,7 +65,10 @@ def describe_os_error(err: BaseException) -> str:
 
 def check(path: str | Path) -> Path:
     """`path` as an absolute Path, if it can be a workdir: not a file, not under a file,
-    writable (itself, or the nearest existing directory above it). Creates nothing."""
+    writable (itself, or the nearest existing directory above it). Creates nothing.
+    A remote path: only not an object (a file)."""
+    if not storage.is_local(path):
+        return _check_remote(storage.path(path))
     path = Path(path).absolute()
     try:
         if path.exists() and not path.is_dir():
@@ -73,6 +87,16 @@ def check(path: str | Path) -> Path:
     return path
 
 
+def _check_remote(path):
+    try:
+        if path.exists() and not path.is_dir():
+            raise UserInputError(f"--workdir: {path} is a file, not a directory")
+    except OSError as err:
+        raise UserInputError(f"--workdir: cannot access {path} "
+                             f"({describe_os_error(err)})") from None
+    return path
+
+
 class WorkdirLock:
     """An exclusive lock on a workdir for this process; `release()` (or the process's end)
     frees it."""
@@ -83,6 +107,11 @@ class WorkdirLock:
 
     def release(self) -> None:
         if self._file is None:
+            return
+        if not storage.is_local(self.path):  # a remote lock: `_file` is the object's path
+            with contextlib.suppress(OSError):
+                self._file.unlink(missing_ok=True)
+            self._file = None
             return
         with contextlib.suppress(OSError):
             self._file.truncate(0)  # empty: released cleanly, nobody to name
@@ -114,6 +143,8 @@ def lock(path: str | Path) -> WorkdirLock:
     holder's host and pid when another run holds it."""
     path = check(path)
     lock_path = path / LOCK_FILE
+    if not storage.is_local(path):
+        return _lock_remote(path, lock_path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         file = open(lock_path, "a+")  # noqa: SIM115  (held open while the run lasts)
@@ -124,8 +155,8 @@ def lock(path: str | Path) -> WorkdirLock:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            logging.warning("%s: this filesystem has no file locks (%s); the workdir is not "
-                            "locked against a second run", lock_path, os.strerror(err.errno))
+            log.warning("%s: this filesystem has no file locks (%s); the workdir is not "
+                        "locked against a second run", lock_path, os.strerror(err.errno))
             file.close()
             return WorkdirLock(path, None)
         file.seek(0)
@@ -137,18 +168,14 @@ def lock(path: str | Path) -> WorkdirLock:
             f"wait for it to end or use another --workdir") from None
     file.seek(0)
     previous = _holder(file.read())
-    host = socket.gethostname()
     if previous.get("pid") is not None:
-        alive = previous.get("host") == host and _pid_alive(previous["pid"])
-        logging.warning("%s: taking over the lock of a run that ended without releasing it "
-                        "(host %s, pid %s%s)", lock_path, previous.get("host", "?"),
-                        previous["pid"], ", that pid now belongs to another process"
-                        if alive else "")
+        alive = previous.get("host") == socket.gethostname() and _pid_alive(previous["pid"])
+        _taking_over(lock_path, previous, ", that pid now belongs to another process"
+                     if alive else "")
     try:
         file.seek(0)
         file.truncate(0)
-        file.write(json.dumps({"host": host, "pid": os.getpid(),
-                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        file.write(_holder_line())
         file.flush()
     except OSError as err:
         fcntl.flock(file, fcntl.LOCK_UN)
@@ -156,3 +183,33 @@ def lock(path: str | Path) -> WorkdirLock:
         raise UserInputError(f"--workdir: cannot write {lock_path} "
                              f"({describe_os_error(err)})") from None
     return WorkdirLock(path, file)
+
+
+def _holder_line() -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+
+
+def _taking_over(lock_path, previous: dict, note: str) -> None:
+    log.warning("%s: taking over the lock of a run that ended without releasing it "
+                "(host %s, pid %s%s)", lock_path, previous.get("host", "?"), previous["pid"],
+                note)
+
+
+def _lock_remote(path, lock_path) -> WorkdirLock:
+    """The lock of a remote workdir: the `.lock` object (see the module docstring)."""
+    try:
+        previous = _holder(lock_path.read_text()) if lock_path.exists() else {}
+        if previous.get("pid") is not None:
+            if previous.get("host") != socket.gethostname() or _pid_alive(previous["pid"]):
+                raise UserInputError(
+                    f"--workdir: {path} is in use by another run (host "
+                    f"{previous.get('host', '?')}, pid {previous['pid']}, since "
+                    f"{previous.get('since', '?')}; {lock_path}); wait for it to end or use "
+                    f"another --workdir (remove {lock_path} if that run is gone)")
+            _taking_over(lock_path, previous, "")
+        lock_path.write_text(_holder_line())
+    except OSError as err:
+        raise UserInputError(f"--workdir: cannot write {lock_path} "
+                             f"({describe_os_error(err)})") from None
+    return WorkdirLock(path, lock_path)

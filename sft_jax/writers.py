@@ -1,8 +1,9 @@
-"""Where a run reports: metrics.jsonl, TensorBoard event files and a progress bar.
+"""Where a run records its metrics: metrics.jsonl and TensorBoard event files.
 
 Only process 0 writes. Each logged event is one JSON object per line of
 `workdir/metrics.jsonl`: {"step": int, "split": "train"|"validation"|..., <metric>: value}
-(plus `"replica": k` in runs with `train.replicas` > 1). Every JSON file the run writes
+(plus `"replica": k` in runs with `train.replicas` > 1); a remote workdir's (gs://...) is
+rewritten whole at each record (`sft_jax.storage`). Every JSON file the run writes
 is strict JSON: a non-finite number (NaN, +-inf) is written as `null` (`to_json`).
 Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from sft_jax import storage
 
 
 def jsonable(value: Any) -> Any:
@@ -44,12 +46,11 @@ def to_json(value: Any, **kwargs) -> str:
 class MetricWriter:
     def __init__(self, workdir: str | Path):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = None
+        self.path = storage.path(workdir) / "metrics.jsonl"
+        self._tb = self._lines = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._lines = storage.AppendLines(self.path)  # a remote one: read once, here
+            self._tb = storage.tensorboard_writer(storage.path(workdir) / "tensorboard")
 
     def write(self, step: int, split: str, metrics: dict, replica: int | None = None) -> None:
         """One record; `replica` (runs with `train.replicas` > 1) is added to it as
@@ -61,8 +62,7 @@ class MetricWriter:
         if replica is not None:
             record["replica"] = int(replica)
             suffix = f"/replica-{replica}"
-        with self.path.open("a") as f:
-            f.write(to_json(record) + "\n")
+        self._lines.append(to_json(record) + "\n")
         for name, value in metrics.items():
             if np.ndim(value) == 0 and isinstance(record[name], int | float):
                 self._tb.add_scalar(f"{split}/{name}{suffix}", float(value), int(step))
@@ -71,26 +71,3 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-class Progress:
-    """A tqdm bar over optimizer steps: step, loss, steps/s and ETA."""
-
-    def __init__(self, start: int, total: int, enabled: bool):
-        self.bar = None
-        if enabled and jax.process_index() == 0 and total > start:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            file=sys.stderr, mininterval=1.0)
-
-    def update(self, loss: float | None = None) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        if loss is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -15,7 +15,7 @@ def test_dialogue_train_and_evaluate(tmp_path, tiny_chat_model, packing):
     import torch
     import transformers
 
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     config = apply_overrides(load_config("dialogue", "runlocal"), {
         "model.checkpoint": str(tiny_chat_model),
@@ -24,7 +24,7 @@ def test_dialogue_train_and_evaluate(tmp_path, tiny_chat_model, packing):
         "optim.learning_rate": 1e-3,
         "train.progress_bar": False,
     })
-    results = train.train_and_evaluate(config, tmp_path)
+    results = trainer_lib.train_and_evaluate(config, tmp_path)
     for split in ("validation", "test"):
         assert results[split]["perplexity"] == pytest.approx(np.exp(results[split]["loss"]))
         assert results[split]["tokens"] > 0

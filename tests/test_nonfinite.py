@@ -65,12 +65,13 @@ def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_skip_drops_the_bad_updates_and_finishes_finite(tmp_path, tiny):
-    from sft_jax import runs, train
+    from sft_jax import runs
+    from sft_jax import trainer as trainer_lib
 
     config = apply_overrides(load_config(), {
         **tiny, **DIVERGE, "train.on_nonfinite": "skip", "data.validation": "",
         "data.test": "", "checkpoint.every": 0, "checkpoint.export": False})
-    trainer = train.Trainer(config, tmp_path)
+    trainer = trainer_lib.Trainer(config, tmp_path)
     trainer.train_and_evaluate()
     assert all_finite(trainer.state.params)
     assert int(np.asarray(trainer.state.step)) == 4  # the step counter still advances

@@ -143,12 +143,12 @@ def test_bad_peft_settings_are_user_errors(tiny_bert_dir):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_bert_dir, tiny_corpus_dir):
     """A 6-step LoRA run with export (the uninterrupted reference for resume too)."""
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     workdir = tmp_path_factory.mktemp("lora")
     config = apply_overrides(load_config(), {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir),
                                              **LORA})
-    trainer = train.Trainer(config, workdir)
+    trainer = trainer_lib.Trainer(config, workdir)
     trainer.train_and_evaluate()
     return trainer, workdir
 
@@ -238,7 +238,7 @@ def test_lora_resume_equals_an_uninterrupted_run(tmp_path, lora_run, tiny_bert_d
     """Resuming from the step-3 checkpoint of the 6-step run (as after a crash during
     step 4) ends with the same params; a changed base is refused."""
     from sft_jax import state as state_lib
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
     from sft_jax.checkpoint import Checkpoints
 
     straight, straight_dir = lora_run
@@ -252,7 +252,7 @@ def test_lora_resume_equals_an_uninterrupted_run(tmp_path, lora_run, tiny_bert_d
 
     overrides = {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), **LORA,
                  "checkpoint.export": False}
-    resumed = train.Trainer(apply_overrides(load_config(), overrides), workdir)
+    resumed = trainer_lib.Trainer(apply_overrides(load_config(), overrides), workdir)
     resumed.train_and_evaluate()
     steps = [r["step"] for r in read_metrics(workdir)]
     assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]  # the resumed run started after step 3
@@ -311,14 +311,14 @@ def test_freeze_selections(tiny_bert_dir):
 
 
 def test_bitfit_trains_only_biases_and_the_head(tmp_path, tiny_bert_dir, tiny_corpus_dir):
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
     from sft_jax.pretrained import load_pretrained
 
     overrides = {**tiny_overrides(tiny_bert_dir, tiny_corpus_dir), "peft.method": "freeze",
                  "peft.bitfit": True, "train.steps": 3, "optim.learning_rate": 5e-3,
                  "optim.warmup_steps": 1, "train.eval_every": 0, "eval.splits": (),
                  "checkpoint.export": False, "data.buckets": (16,)}
-    trainer = train.Trainer(apply_overrides(load_config(), overrides), tmp_path)
+    trainer = trainer_lib.Trainer(apply_overrides(load_config(), overrides), tmp_path)
     before = flat(jax.device_get(trainer.state.params))
     trainer.train_and_evaluate()
     after = flat(trainer.state.params)

@@ -29,10 +29,10 @@ def _numeric(metrics: dict) -> dict:
 
 
 def _train(name: str, workdir: Path, overrides: dict) -> dict:
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     config = apply_overrides(load_config(name, "runlocal"), overrides)
-    return train.train_and_evaluate(config, workdir)
+    return trainer_lib.train_and_evaluate(config, workdir)
 
 
 def _assert_replicas_equal_separate_runs(replicated: Path, separate: list[Path],
@@ -125,18 +125,18 @@ def test_replicas_with_lora_and_gradient_accumulation(classification, tmp_path):
 def test_replicas_resume_exactly_after_a_crash(classification, tmp_path):
     """A crash during step 5 (after the step-3 checkpoint), then the same run again: the
     same per-step losses and final params as the uninterrupted replicated run."""
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     root, base, _ = classification
 
     def config():
         return apply_overrides(load_config(), {**base, "train.replicas": 2})
 
-    crashing = train.Trainer(config(), tmp_path)
+    crashing = trainer_lib.Trainer(config(), tmp_path)
     crash_during_step(crashing, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.train_and_evaluate()
-    train.Trainer(config(), tmp_path).train_and_evaluate()
+    trainer_lib.Trainer(config(), tmp_path).train_and_evaluate()
 
     uninterrupted = root / "replicas"
     for k in range(2):

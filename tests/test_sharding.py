@@ -1,5 +1,5 @@
 """Sharding that takes effect: on an 8-device CPU mesh (fsdp=4, tensor=2) the train step of
-a tiny Llama (decoder) and a tiny T5 (encoder-decoder), as `train.Trainer` traces it,
+a tiny Llama (decoder) and a tiny T5 (encoder-decoder), as `trainer_lib.Trainer` traces it,
 constrains the attention and MLP activations; each device holds about 1/8 of the params
 and optimizer state; and the losses (and the Llama's validation loss, its eval step) equal
 a one-device run's.
@@ -66,10 +66,10 @@ def _run(name: str, llama_dir: str, corpus: str, workdir: Path, mesh: dict) -> d
     bytes and the sharding constraints of the traced train step ([spec, shape] pairs)."""
     from conftest import apply_overrides, load_config, read_metrics
 
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     config_name, variant, overrides = _overrides(name, llama_dir, corpus)
-    trainer = train.Trainer(apply_overrides(load_config(config_name, variant),
+    trainer = trainer_lib.Trainer(apply_overrides(load_config(config_name, variant),
                                             {**overrides, **mesh}), workdir)
     state_bytes = _state_bytes(trainer.state)
     compiled, lowered = trainer.train_step, []

@@ -55,11 +55,11 @@ def test_train_and_evaluate_writes_every_output(tmp_path, tiny):
     import torch
     import transformers
 
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     config = apply_overrides(load_config(), {**tiny, "train.steps": 6, "optim.learning_rate":
                                              5e-3})
-    results = train.train_and_evaluate(config, tmp_path)
+    results = trainer_lib.train_and_evaluate(config, tmp_path)
 
     assert set(results) == {"validation", "test"}
     for split in ("validation", "test"):
@@ -102,7 +102,7 @@ def test_zero_steps_evaluates_the_starting_point(tmp_path, tiny):
 
 
 def test_grad_accumulation_equals_the_larger_batch(tmp_path, tiny):
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     runs = {}
     for name, batch, accum in (("big", 8, 1), ("accum", 4, 2)):
@@ -110,7 +110,7 @@ def test_grad_accumulation_equals_the_larger_batch(tmp_path, tiny):
                      "optim.grad_accum": accum, "checkpoint.export": False,
                      "optim.learning_rate": 1e-3}
         config = apply_overrides(load_config(), overrides)
-        trainer = train.Trainer(config, tmp_path / name)
+        trainer = trainer_lib.Trainer(config, tmp_path / name)
         trainer.train_and_evaluate()
         runs[name] = (train_losses(tmp_path / name), jax_leaves(trainer.state.params))
     np.testing.assert_allclose(runs["big"][0], runs["accum"][0], atol=1e-5, rtol=0)
@@ -156,7 +156,7 @@ def test_train_and_evaluate_on_tfds_data(tmp_path, tiny_bert_dir, tiny_corpus_di
     """A prepared (array_record) tfds dataset, read without TensorFlow, trains and evaluates."""
     import tensorflow_datasets as tfds
 
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     def rows(split):
         lines = (tiny_corpus_dir / f"{split}.jsonl").read_text().splitlines()
@@ -190,7 +190,7 @@ def test_train_and_evaluate_on_tfds_data(tmp_path, tiny_bert_dir, tiny_corpus_di
         "train.steps": 4,
         "optim.learning_rate": 5e-3,
     }
-    results = train.train_and_evaluate(apply_overrides(load_config(), overrides),
+    results = trainer_lib.train_and_evaluate(apply_overrides(load_config(), overrides),
                                        tmp_path / "run")
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["0", "1"]
     assert sum(results["test"][f"support/{c}"] for c in ("0", "1")) == 32
@@ -207,11 +207,11 @@ def test_classification_with_a_decoder_model(tmp_path, tiny_chat_model, tiny_cor
     import torch
     import transformers
 
-    from sft_jax import train
+    from sft_jax import trainer as trainer_lib
 
     overrides = {**tiny_overrides(tiny_chat_model, tiny_corpus_dir), "train.steps": 4,
                  "optim.learning_rate": 5e-3}
-    results = train.train_and_evaluate(apply_overrides(load_config(), overrides), tmp_path)
+    results = trainer_lib.train_and_evaluate(apply_overrides(load_config(), overrides), tmp_path)
     assert 0.0 <= results["test"]["accuracy"] <= 1.0
     preds = [json.loads(line) for line in
              (tmp_path / "predictions" / "test.jsonl").read_text().splitlines()]

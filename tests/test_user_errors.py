@@ -1,4 +1,4 @@
-"""Every `UserInputError` of the engine (`sft_jax.train`, `sft_jax.parallel`,
+"""Every `UserInputError` of the engine (`sft_jax.trainer`, `sft_jax.parallel`,
 `sft_jax.optim`; `sft_jax.placement` raises none of its own) as one table: each case calls
 the function that checks the value, with the smallest input that trips it, and expects one
 line naming the key. One case goes through the CLI, as a user meets it."""
@@ -13,14 +13,15 @@ import pytest
 from conftest import apply_overrides, load_config, tiny_overrides
 from test_cli_errors import assert_user_error, run_cli
 
-from sft_jax import optim, parallel, train
+from sft_jax import optim, parallel
+from sft_jax import trainer as trainer_lib
 from sft_jax.errors import UserInputError
 
 
 def check_config(overrides: dict, processes: int = 1):
     def call(monkeypatch):
         monkeypatch.setattr(jax, "process_count", lambda: processes)
-        train._check_config(apply_overrides(load_config(), overrides))
+        trainer_lib._check_config(apply_overrides(load_config(), overrides))
     return call
 
 
@@ -47,9 +48,9 @@ def schedule(monkeypatch):
 
 def replicas_in_checkpoint(monkeypatch):
     trainer = SimpleNamespace(
-        replicas=1, _replica_data_states=train.Trainer._replica_data_states,
+        replicas=1, _replica_data_states=trainer_lib.Trainer._replica_data_states,
         checkpoints=SimpleNamespace(latest=SimpleNamespace(directory="/w/checkpoints")))
-    train.Trainer._check_data_state(trainer, {"replicas": [{}, {}]})
+    trainer_lib.Trainer._check_data_state(trainer, {"replicas": [{}, {}]})
 
 
 # case: (call, the error line's beginning, a fragment it holds)

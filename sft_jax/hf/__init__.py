@@ -1,11 +1,8 @@
-"""Hugging Face interop: local model directories, the tensor-table engine the family
-converters are declared with (`tables.py`, `decoder_tables.py`), export, GGUF import.
+"""Hugging Face interop: local model directories (`checkpoint_dir.py`), the tensor-table
+engine the family converters are declared with (`tables.py`, `decoder_tables.py`),
+export (`export.py`), GGUF import (`gguf.py`).
 
 Hugging Face weight and class names appear only in the family packages
-(`sft_jax/models/<family>/`); nothing here names a model_type.
+(`sft_jax/models/<family>/`); nothing here names a model_type. The package imports none of
+its modules itself: `export` imports the model registry, whose families import `tables`.
 """
-
-from sft_jax.hf.checkpoint_dir import load_state_dict, read_config
-from sft_jax.hf.export import export_pretrained
-
-__all__ = ["export_pretrained", "load_state_dict", "read_config"]

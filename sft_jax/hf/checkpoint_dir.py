@@ -21,6 +21,7 @@ import numpy as np
 import safetensors
 from safetensors import SafetensorError
 
+from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 CONFIG_FILE = "config.json"
@@ -40,13 +41,14 @@ _RAW_DTYPES = {
 
 
 def model_dir_path(model_dir: str | Path) -> Path:
-    """`model_dir` as a Path, checked to be an existing directory."""
-    path = Path(model_dir).expanduser()
+    """`model_dir` as a local Path, checked to be an existing directory; a remote one
+    (`gs://...`) is checked there, then read from its local copy (`storage.local_copy`)."""
+    path = storage.path(model_dir).expanduser()
     if not path.exists():
         raise UserInputError(f"{path}: model directory does not exist")
     if not path.is_dir():
         raise UserInputError(f"{path}: not a directory (expected a Hugging Face model directory)")
-    return path
+    return storage.local_copy(path)
 
 
 def _read_json(path: Path) -> Any:

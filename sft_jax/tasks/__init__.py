@@ -1,7 +1,7 @@
 """Task families: the only code that knows both the data and the model.
 
 A task turns records into features, owns the loss, the per-row eval outputs, the metrics,
-the predictions file and the export. The train loop (`sft_jax.train`) only calls this
+the predictions file and the export. The train loop (`sft_jax.trainer`) only calls this
 interface, so it never branches on a task or a model name. What tasks share lives once
 in `tasks.base` (whose docstring says how to add a task); "seq2seq" resolves to
 `tasks.encdec` or `tasks.prompted` by the model (`tasks.seq2seq.seq2seq_task`).

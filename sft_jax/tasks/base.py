@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from sft_jax import metrics as metrics_lib
+from sft_jax import storage
 from sft_jax.data import chat, packing, sources
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
@@ -138,7 +139,7 @@ class TaskBase:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = storage.path(workdir)  # local, or remote (gs://...)
         self.records: dict[str, list[dict]] = {}
         self.stats: dict[str, Any] = {}
         self.examples: dict[str, list[dict]] = {}  # split -> chat examples (decoder LMs)
@@ -243,7 +244,7 @@ class TaskBase:
                 self._train_rows = LazyMap(self.examples["train"], packing.single_segment)
         self._eval_rows = {split: LazyMap(ex, packing.single_segment)
                            for split, ex in self.examples.items() if split != "train"}
-        log.info("Data: %s", self.stats)
+        log.debug("Data: %s", self.stats)
 
     def lm_init_batch(self) -> dict[str, np.ndarray]:
         ids = np.zeros((1, 8), np.int32)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from sft_jax import metrics as metrics_lib
+from sft_jax import storage
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
 from sft_jax.tasks.base import TaskBase, check_field
@@ -29,6 +30,8 @@ LABEL_TYPES = (str, int, bool)
 
 
 class ClassificationTask(TaskBase):
+    unit = "examples"  # what a train step's weight counts
+
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
         data = config.data
@@ -46,6 +49,7 @@ class ClassificationTask(TaskBase):
                         f"never seen in training (known: {self.label_names})"
                     )
 
+        self._count_truncated()
         model = config.model
         self.head = {"num_labels": len(self.label_names), "pooling": model.pooling or None}
         self.build(f"{self.model_dir}/config.json", **self.head,
@@ -77,11 +81,13 @@ class ClassificationTask(TaskBase):
         path = workdir / "labels.json"
         if path.exists():
             return _read_labels(path)
-        if "train" not in self.records:
+        names = self._checkpoint_labels()
+        if names is None and "train" not in self.records:
             raise UserInputError(
                 f"data.train: needed to build the label vocabulary (no {path} from an earlier run)"
             )
-        names = sorted({self._label_key(r) for r in self.records["train"]})
+        if names is None:
+            names = sorted({self._label_key(r) for r in self.records["train"]})
         if len(names) < 2:
             raise UserInputError(
                 f"data.train: found {len(names)} distinct label(s) in field "
@@ -89,10 +95,32 @@ class ClassificationTask(TaskBase):
             )
         if jax.process_index() == 0:
             workdir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(names))
-            tmp.replace(path)
+            storage.write_text(path, json.dumps(names))
         return names
+
+    def _count_truncated(self) -> None:
+        """stats `<split>/truncated`: records longer than data.max_length tokens (cut)."""
+        data = self.config.data
+        for split, records in self.records.items():
+            texts = [r[data.text_field] for r in records]
+            pairs = [r[data.text_pair_field] for r in records] if data.text_pair_field else None
+            lengths = self.tokenizer(texts, pairs, truncation=False, return_length=True,
+                                     verbose=False)["length"] if texts else []
+            self.stats[f"{split}/truncated"] = sum(int(n > data.max_length) for n in lengths)
+
+    def _checkpoint_labels(self) -> list[str] | None:
+        """The labels of a fine-tuned classifier (`id2label` of its config.json, e.g. a
+        run's export/), when they are named (not LABEL_<i>) and cover the training
+        labels: its head then keeps its meaning. None otherwise."""
+        id2label = self.hf_config.get("id2label") or {}
+        try:
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            return None
+        if len(names) < 2 or any(n == f"LABEL_{i}" for i, n in enumerate(names)):
+            return None
+        seen = {self._label_key(r) for r in self.records.get("train", ())}
+        return names if seen <= set(names) else None
 
     def _features(self, record: dict) -> dict:
         data = self.config.data
@@ -159,7 +187,8 @@ class ClassificationTask(TaskBase):
                 "confusion_matrix": result.confusion_matrix}
 
     def data_stats(self) -> dict[str, Any]:
-        return {f"{split}/examples": len(records) for split, records in self.records.items()}
+        return {**{f"{split}/examples": len(records) for split, records in self.records.items()},
+                **self.stats}
 
     def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
                           params=None) -> None:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sft_jax import storage
 from sft_jax.data import packing
 from sft_jax.data import seq2seq as s2s
 from sft_jax.data.packing import LazyMap
@@ -88,11 +89,12 @@ class EncDecTask(Seq2SeqBase):
             texts = []
             for r in self.records["train"]:
                 texts += [self._encoder_text(r), r[data.target_field]]
-            tmp = out.with_name(out.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            train_tokenizer(texts, tmp, vocab_size=int(data.vocab_size),
-                            kind=data.tokenizer_kind)
-            tmp.rename(out)
+            with storage.staged_dir(out) as staged:  # a remote `out`: uploaded at the end
+                tmp = staged.with_name(staged.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                train_tokenizer(texts, tmp, vocab_size=int(data.vocab_size),
+                                kind=data.tokenizer_kind)
+                tmp.replace(staged)
             log.info("Trained a %s tokenizer (%d pieces) on %d training texts into %s",
                      data.tokenizer_kind, data.vocab_size, len(texts), out)
         if jax.process_count() > 1:
@@ -174,7 +176,7 @@ class EncDecTask(Seq2SeqBase):
                 self._train_rows = LazyMap(self.pairs["train"], single)
         self._eval_rows = {split: LazyMap(pairs, single) for split, pairs in self.pairs.items()
                            if split != "train"}
-        log.info("Data: %s", self.stats)
+        log.debug("Data: %s", self.stats)
 
     # Task interface ---------------------------------------------------------------------
 

@@ -42,14 +42,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from sft_jax import optim, parallel, peft, placement, steps, tasks, validate
+from sft_jax import console, optim, parallel, peft, placement, steps, storage, tasks, validate
 from sft_jax import state as state_lib
 from sft_jax import workdir as workdir_lib
-from sft_jax.checkpoint import Checkpoints
+from sft_jax.checkpoint import Checkpoints, read_params
 from sft_jax.data import pipeline
 from sft_jax.errors import NonFiniteError, UserInputError
 from sft_jax.models.layers import count_params
-from sft_jax.writers import MetricWriter, Progress, to_json
+from sft_jax.writers import MetricWriter, to_json
+
+log = logging.getLogger(__name__)
 
 
 class StopRequested(Exception):
@@ -68,7 +70,7 @@ class _GracefulStop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        logging.warning("Stop requested: saving a checkpoint at the end of this step.")
+        log.warning("Stop requested: saving a checkpoint at the end of this step.")
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -115,9 +117,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """workdir/config.json, replaced whole (never half-written)."""
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        partial = workdir / "config.json.tmp"
-        partial.write_text(config.to_json_best_effort(indent=2) + "\n")
-        partial.replace(workdir / "config.json")
+        storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
 
 def lock_workdir(workdir: Path) -> workdir_lib.WorkdirLock | None:
@@ -137,14 +137,19 @@ class Trainer:
     (or `release()`); `config.json` is written once the config and the resume from the
     workdir's checkpoints (if any) are accepted, so a refused run leaves it as it was."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path,
+                 params_from: str | Path | None = None, start_label: str | None = None):
+        """`params_from`: a best-params directory (`best/` of a run with the same model
+        and PEFT settings) whose params replace the starting point's; `start_label`
+        names the starting point in results.json's `params_from` (default `step 0`)."""
         self.started = time.perf_counter()
+        self.params_from, self.start_label = params_from, start_label
         validate.check_config(config)  # every value, before the workdir, model or data
         _check_config(config)
         self.config = config
         self.replicas = int(config.train.replicas)
         self.seeds = [int(config.seed) + k for k in range(self.replicas)]
-        self.workdir = Path(workdir)
+        self.workdir = storage.path(workdir)  # local, or remote (gs://...)
         self.lock = lock_workdir(self.workdir)  # before anything is written there
         try:
             self._setup()
@@ -170,7 +175,7 @@ class Trainer:
         self._setup_state_and_steps()
         base = None if self.peft is None else peft.base_fingerprint(config.model.checkpoint)
         self.checkpoints = Checkpoints(self.workdir, config.checkpoint, base=base,
-                                       replicas=self.replicas)
+                                       replicas=self.replicas, create=self.total_steps > 0)
         self.writer = MetricWriter(self.workdir)
         # Non-finite steps per replica: since the last train record, in this session, and
         # the first one (0: none) of a replica whose state took a non-finite update.
@@ -187,13 +192,12 @@ class Trainer:
         with self.placement.context():  # the init traces the model: its constraints apply
             self._create_state(pretrained, init_batch)
         del pretrained
+        if self.params_from is not None:
+            self._load_params(self.params_from)
         self.num_params = (self.peft.num_params if self.peft is not None
                            else count_params(self.state.params) // self.replicas)
         self.trained_params = count_params(self.state.params) // self.replicas
-        logging.info("Model: %s, %d parameters%s", type(self.task.module).__name__,
-                     self.num_params,
-                     f", {self.replicas} replicas (seeds {self.seeds[0]}..{self.seeds[-1]})"
-                     if self.replicas > 1 else "")
+        log.debug("Model: %s, %d parameters", type(self.task.module).__name__, self.num_params)
 
         combine = None if self.peft is None else self.peft.combine
         train_step = steps.make_train_step(
@@ -235,10 +239,20 @@ class Trainer:
         keys = [jax.random.key(seed + 1) for seed in self.seeds]
         self.rng = keys[0] if self.replicas == 1 else jax.numpy.stack(keys)
 
+    def _load_params(self, directory: str | Path) -> None:
+        """The state's params from a best-params directory (one replica's tree)."""
+        if self.replicas > 1:
+            raise UserInputError("train.replicas: params from a best/ directory start one "
+                                 "replica; set train.replicas=1")
+        abstract = state_lib.abstract_like(self.state.params, self.state_shardings.params)
+        step, params = read_params(directory, abstract)
+        self.state = self.state.replace(params=params)
+        self.start_label = self.start_label or f"{directory} (step {step})"
+
     def _setup_peft(self, combine) -> None:
         """Partial training: the steps take the frozen base as an extra argument; the
         state's params are the trainable tree only (see `sft_jax.peft`)."""
-        logging.info("%s", self.peft.describe())
+        log.debug("%s", self.peft.describe())
         frozen = self.placement.to_steps(self.frozen)
         train_step = self.train_step
         eval_step = self.placement.compile_eval_step(
@@ -250,10 +264,51 @@ class Trainer:
             layout = peft.adapter_layout(self.peft, self.task.module,
                                          getattr(self.task, "module_config", None))
             if isinstance(layout, str):
-                logging.warning("no PEFT adapter in export/adapter: %s (export/ holds the "
-                                "merged model)", layout)
+                log.warning("no PEFT adapter in export/adapter: %s (export/ holds the "
+                            "merged model)", layout)
             else:
                 self.adapter = layout
+
+    def header(self, start: int) -> list[str]:
+        """What this run is, in a few lines: task and model, data, devices, batch and
+        steps, the workdir (and where it resumes)."""
+        config = self.config
+        model = f"{config.task}: {config.model.checkpoint or 'a new model'} " \
+                f"({type(self.task.module).__name__}, {console.count(self.num_params)} params"
+        if self.peft is not None:
+            model += f"; {self.peft.method}: {console.count(self.trained_params)} trained"
+        lines = [model + ")"]
+        records = getattr(self.task, "records", {})
+        if records:
+            lines.append("data: " + ", ".join(f"{split} {len(rows):,}"
+                                                for split, rows in records.items()) + " records")
+        devices = jax.devices()
+        where = f"devices: {len(devices)} {devices[0].platform}"
+        if self.mesh is not None:
+            where += " · mesh " + " ".join(f"{k}={v}" for k, v in self.mesh.shape.items())
+        if jax.process_count() > 1:
+            where += f" · {jax.process_count()} processes"
+        lines.append(f"{where} · {self.placement.mode}")
+        if self.total_steps == 0:
+            lines.append("train: none (evaluation of the starting point)")
+        else:
+            unit = "examples" if self.task_unit() == "examples" else "rows"
+            batch = config.train.batch_size * self.accum
+            train = (f"train: {self.total_steps:,} steps of {batch} {unit}"
+                     + (f" ({config.train.batch_size} x {self.accum} micro-batches)"
+                        if self.accum > 1 else "")
+                     + f" · lr {config.optim.learning_rate:g} {config.optim.schedule}")
+            if self.replicas > 1:
+                train += f" · {self.replicas} replicas, seeds {self.seeds[0]}..{self.seeds[-1]}"
+            lines.append(train)
+        lines.append(f"workdir: {self.workdir}"
+                     + (f" (resuming from step {start})" if start else ""))
+        return lines
+
+    def task_unit(self) -> str:
+        """What a step's `weight` counts: `examples` (classification) or `tokens` (target
+        tokens of the LM tasks)."""
+        return getattr(self.task, "unit", "tokens")
 
     def model_params(self, params):
         """The model's params from state params in the jit form (`Placement.from_steps`):
@@ -346,14 +401,16 @@ class Trainer:
         """Runs the eval step over `features` and the task's evaluation of their outputs;
         `params` in the steps' form. Call inside `placement.context()`."""
         chunks: list[dict] = []
-        for batch in pipeline.eval_batches(
+        batches = pipeline.eval_batches(
             features,
             batch_size=self.config.eval.batch_size,
             buckets=self.buckets,
             pad_values=self.task.pad_values,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-        ):
+        )
+        total = -(-len(features) // self.config.eval.batch_size)
+        for batch in console.progress(batches, f"eval {split}", total=total):
             batch = self._device_batch(batch, None)
             chunks.append(self.placement.host_rows(self.eval_step(params, batch)))
         rows = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
@@ -399,13 +456,25 @@ class Trainer:
         self.state = self.placement.to_steps(self.state)
         write_config(config, self.workdir)  # config and resume accepted: it is this run's
 
+        if jax.process_index() == 0:
+            for line in self.header(start):
+                log.info("%s", line)
+            cut = {k: v for k, v in self.task.data_stats().items()
+                   if ("truncated" in k or "dropped" in k) and v}
+            if cut:  # once per run, counted: the data record of metrics.jsonl has them all
+                log.warning("data: %s (of the records above; see data.max_length and the "
+                            "task's other length keys)",
+                            ", ".join(f"{k.replace('/', ' ').replace('_', ' ')} {v:,}"
+                                      for k, v in cut.items()))
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())
         self.writer.write(start, "model", {"params": self.num_params,
                                            "trained_params": self.trained_params,
                                            "replicas": self.replicas})
         periodic = config.eval.periodic_split
-        progress = Progress(start, self.total_steps, config.train.progress_bar)
+        progress = console.TrainProgress(start, self.total_steps,
+                                         config.train.progress_bar and jax.process_index() == 0,
+                                         unit=self.task_unit())
         step = start
         loop_started = time.perf_counter()
         last_time, last_step = loop_started, start
@@ -422,9 +491,9 @@ class Trainer:
                         now = time.perf_counter()
                         rate = (step - last_step) / (now - last_time)
                         last_time, last_step = now, step
-                        progress.update(self._log_train(step, metrics, rate))
+                        progress.update(step, *self._log_train(step, metrics, rate))
                     else:
-                        progress.update()
+                        progress.update(step)
                     eval_now = config.train.eval_every and step % config.train.eval_every == 0
                     if eval_now and periodic in eval_features and step < self.total_steps:
                         self._check_nonfinite()
@@ -451,9 +520,11 @@ class Trainer:
         self.writer.close()
         return results
 
-    def _log_train(self, step: int, metrics: dict, steps_per_second: float) -> float:
-        """Writes the step's train metrics (one record per replica); returns the loss
-        (the mean over replicas) for the progress bar."""
+    def _log_train(self, step: int, metrics: dict, steps_per_second: float
+                   ) -> tuple[float, float, float]:
+        """Writes the step's train metrics (one record per replica); returns the loss and
+        learning rate (means over replicas) and the throughput (task units per second,
+        from this step's `weight`) for the progress display."""
         values = self.placement.host_metrics(metrics)
         del values["finite"]  # read through the tracker: it holds every step since the last log
         self._read_nonfinite()
@@ -465,11 +536,12 @@ class Trainer:
             self.writer.write(step, "train", record,
                               replica=k if self.replicas > 1 else None)
         if self.nonfinite_unlogged.any() and self.config.train.on_nonfinite == "skip":
-            logging.warning("step %d: %d non-finite update(s) skipped since the last log",
-                            step, self.nonfinite_unlogged.sum())
+            log.warning("step %d: %d non-finite update(s) skipped since the last log",
+                        step, self.nonfinite_unlogged.sum())
         self.nonfinite_unlogged[:] = 0
         self._check_nonfinite()
-        return float(np.mean(values["loss"]))
+        return (float(np.mean(values["loss"])), float(np.mean(values["learning_rate"])),
+                float(np.sum(values["weight"])) * steps_per_second)
 
     def _read_nonfinite(self) -> None:
         """Folds the steps' `finite` flags since the last read into the host counts."""
@@ -527,11 +599,13 @@ class Trainer:
         self.writer.write(step, split, metrics, replica=k if self.replicas > 1 else None)
         candidate = not self.nonfinite_first[k] and np.isfinite(
             float(metrics.get(self.checkpoints.metric, 0.0)))
-        if candidate and self.checkpoints.save_best(step, self.placement.from_steps(params),
-                                                    metrics, replica=k):
-            logging.info("step %d: new best %s = %.4f%s", step, self.checkpoints.metric,
-                         metrics[self.checkpoints.metric],
-                         f" (replica {k})" if self.replicas > 1 else "")
+        best = candidate and self.checkpoints.save_best(
+            step, self.placement.from_steps(params), metrics, replica=k)
+        shown = "  ".join(f"{name} {console.number(value)}" for name, value in
+                          console.headline_metrics(metrics).items())
+        log.info("step %d %s%s: %s%s", step, split,
+                 f" (replica {k})" if self.replicas > 1 else "", shown,
+                 f"  (new best {self.checkpoints.metric})" if best else "")
         return metrics
 
     def _final(self, step: int, eval_features: dict) -> dict[str, Any]:
@@ -540,9 +614,7 @@ class Trainer:
         results = per_replica[0] if self.replicas == 1 else \
             replica_summary(per_replica, self.seeds)
         if jax.process_index() == 0:  # whole or absent: a sweep takes it as "done"
-            partial = self.workdir / "results.json.tmp"
-            partial.write_text(to_json(results, indent=2) + "\n")
-            partial.replace(self.workdir / "results.json")
+            storage.write_text(self.workdir / "results.json", to_json(results, indent=2) + "\n")
         return results
 
     def _final_replica(self, k: int, step: int, eval_features: dict) -> dict[str, Any]:
@@ -557,7 +629,7 @@ class Trainer:
                                                             eval_features[periodic])
 
         params = self._replica_params(self.state.params, k)
-        source = f"step {step}"
+        source = self.start_label if step == 0 and self.start_label else f"step {step}"
         if config.checkpoint.use_best_for_final and self.total_steps > 0:
             abstract = state_lib.abstract_like(self.placement.from_steps(self.state.params),
                                                self.shardings.params) \
@@ -569,10 +641,10 @@ class Trainer:
                 source = f"best {self.checkpoints.metric} at step {best_step}"
                 params = self.placement.to_steps(params)
         if self.nonfinite_first[k] and source.startswith("step"):
-            logging.warning("replica %d had non-finite updates from step %d on "
-                            "(train.on_nonfinite=ignore)", k, self.nonfinite_first[k])
-        logging.info("Final evaluation%s with the params of %s",
-                     f" of replica {k}" if replica is not None else "", source)
+            log.warning("replica %d had non-finite updates from step %d on "
+                        "(train.on_nonfinite=ignore)", k, self.nonfinite_first[k])
+        log.debug("Final evaluation%s with the params of %s",
+                 f" of replica {k}" if replica is not None else "", source)
 
         pred_dir = self._out_dir("predictions", k)
         final_params = self.placement.from_steps(params)
@@ -593,13 +665,13 @@ class Trainer:
         if config.checkpoint.export:
             host = parallel.to_host(model_params)
             trainable = parallel.to_host(final_params) if self.adapter is not None else None
-            export_dir = self._out_dir("export", k)
             if jax.process_index() == 0:
-                self.task.export(export_dir, host)
-                if self.adapter is not None:
-                    peft.write_adapter(export_dir / "adapter", self.peft,
-                                       self.adapter, trainable, host,
-                                       self.checkpoints.base["path"])
+                with storage.staged_dir(self._out_dir("export", k)) as export_dir:
+                    self.task.export(export_dir, host)
+                    if self.adapter is not None:
+                        peft.write_adapter(export_dir / "adapter", self.peft,
+                                           self.adapter, trainable, host,
+                                           self.checkpoints.base["path"])
         return results
 
 
