@@ -52,8 +52,9 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     evaluates and exports, as `sft-jax train` does; returns the final results by split
     (results.json). The console shows what `sft-jax train` shows (unless the program set
     up logging itself); `workdir/log.txt` gets the run's log."""
-    from sft_jax import console, trainer
+    from sft_jax import console, trainer, validate
 
+    validate.check_config(config)  # a refused config leaves no trace in the workdir
     with console.session(workdir):
         return trainer.train_and_evaluate(config, workdir)
 
@@ -62,7 +63,8 @@ def evaluate(config, workdir: str | Path, model: str | Path | None = None) -> di
     """Evaluates `model` (an asset, a Hugging Face directory such as a run's export/, a
     run's best/; default `config.model.checkpoint`) on the config's splits without
     training, as `sft-jax eval` does; returns the results by split."""
-    from sft_jax import console, evaluation
+    from sft_jax import console, evaluation, validate
 
+    validate.check_config(config)
     with console.session(workdir):
         return evaluation.evaluate(config, workdir, model)

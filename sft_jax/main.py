@@ -108,9 +108,10 @@ def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
         fail(str(err))
     import jax
 
-    from sft_jax import parallel, trainer
+    from sft_jax import parallel, trainer, validate
 
     try:
+        validate.check_config(config)  # a refused config leaves no trace in the workdir
         parallel.initialize_distributed(config)
         if jax.process_index() == 0:
             console.log_to(FLAGS.workdir)
