@@ -30,6 +30,7 @@ How to add a task:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
@@ -111,6 +113,27 @@ def check_field(record: Mapping[str, Any], field: str, key: str,
         expected = " or ".join(dict.fromkeys(_json_kind(t()) for t in types))
         raise UserInputError(f"{where}: field {field!r} is {_json_kind(value)}, expected "
                              f"{expected} ({key})")
+
+
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: float
+                           ) -> jax.Array:
+    """Per-token loss [...] from logits [..., V] and integer targets [...]:
+    (1-ε)·(-log p[target]) + ε·mean_v(-log p[v]), ε = `smoothing` (0: plain NLL)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if smoothing == 0:
+        return nll
+    # = softmax cross-entropy against optax.smooth_labels(one_hot(target), ε)
+    return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
+
+
+def training_loss(smoothing: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The training loss of logits [..., V] and integer targets [...] -> [...]: plain
+    cross-entropy at ε = 0 (optax's), else `smoothed_cross_entropy` with ε = `smoothing`
+    (`train.label_smoothing`). Evaluation is never smoothed."""
+    if smoothing == 0:
+        return optax.softmax_cross_entropy_with_integer_labels
+    return functools.partial(smoothed_cross_entropy, smoothing=float(smoothing))
 
 
 def token_outputs(losses: jax.Array, weights: jax.Array, batch: dict) -> dict[str, jax.Array]:
