@@ -37,7 +37,8 @@ class ClassificationTask(TaskBase):
         super().__init__(config, workdir)
         data = config.data
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
-        self.read_records(self._check_fields)  # bad records stop the run before the model loads
+        # bad records stop the run before the model loads; train_size keeps label shares
+        self.read_records(self._check_fields, label=self._label_key)
         self.use_checkpoint()
 
         self.label_names = self._label_vocabulary(self.workdir)

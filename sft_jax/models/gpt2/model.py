@@ -109,7 +109,7 @@ class Gpt2Config(common.ModelConfig):
         out = {
             f.name: common.token_ids_to_hf(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if f.name not in ("dtype", "param_dtype", "remat_policy")
+            if f.name not in common.OURS
         }
         # reorder_and_upcast_attn only changes fp16 rounding; ours always upcasts.
         out["reorder_and_upcast_attn"] = False
