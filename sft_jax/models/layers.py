@@ -195,7 +195,10 @@ def neftune(module: nn.Module, x: Array, segment_ids: Array | None, *,
     """`neftune_noise` on the input token embeddings x [B, L, D] of `module` (its
     config's `neftune_alpha`, rng stream 'dropout') in a non-deterministic call with
     alpha > 0; x itself otherwise (evaluation, generation, alpha = 0: the same program).
-    `segment_ids` None: every token is real."""
+    `segment_ids` None: every token is real. Each family calls it once per token lookup
+    (encoder-decoders: on both sides), on the lookup's output: BART's after its
+    `embed_scale`, Gemma 3's before its sqrt(D) scale, BERT's before the position and
+    token-type embeddings are added."""
     alpha = float(getattr(module.config, "neftune_alpha", 0.0))
     if deterministic or alpha <= 0:
         return x
