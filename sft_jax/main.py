@@ -67,7 +67,7 @@ def print_results(results: dict, out_dir: str) -> None:
     stds = results.get("std", {})
     rows = {}
     for split, metrics in results.items():
-        if split in ("std", "replicas") or not isinstance(metrics, dict):
+        if split in ("std", "replicas", "stopped") or not isinstance(metrics, dict):
             continue
         rows[split] = {k: (f"{console.number(v)} ± {console.number(stds[split][k])}"
                            if k in stds.get(split, {}) else v)
@@ -79,6 +79,9 @@ def print_results(results: dict, out_dir: str) -> None:
             print(f"  {line}")
     from sft_jax import storage
 
+    if "stopped" in results:
+        print(f"stopped early at step {results['stopped']['step']}: "
+              f"{results['stopped']['reason']}")
     root = storage.path(out_dir)
     for name in ("export", "predictions"):
         if (root / name).is_dir():
