@@ -31,8 +31,10 @@ demo-baseline: $(VENV)/.base
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
+# Two pytest workers (one per core); a test file runs whole on one worker (module fixtures
+# are built once), the slowest files first (tests/conftest.py).
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache

@@ -50,16 +50,21 @@ def load_config(spec: str, overrides: dict[str, Any] | None = None):
 def train(config, workdir: str | Path) -> dict[str, Any]:
     """Trains `config.train.steps` updates in `workdir` (resuming from its checkpoints),
     evaluates and exports, as `sft-jax train` does; returns the final results by split
-    (results.json)."""
-    from sft_jax import trainer
+    (results.json). The console shows what `sft-jax train` shows (unless the program set
+    up logging itself); `workdir/log.txt` gets the run's log."""
+    from sft_jax import console, trainer, validate
 
-    return trainer.train_and_evaluate(config, workdir)
+    validate.check_config(config)  # a refused config leaves no trace in the workdir
+    with console.session(workdir):
+        return trainer.train_and_evaluate(config, workdir)
 
 
 def evaluate(config, workdir: str | Path, model: str | Path | None = None) -> dict[str, Any]:
     """Evaluates `model` (an asset, a Hugging Face directory such as a run's export/, a
     run's best/; default `config.model.checkpoint`) on the config's splits without
     training, as `sft-jax eval` does; returns the results by split."""
-    from sft_jax import evaluation
+    from sft_jax import console, evaluation, validate
 
-    return evaluation.evaluate(config, workdir, model)
+    validate.check_config(config)
+    with console.session(workdir):
+        return evaluation.evaluate(config, workdir, model)

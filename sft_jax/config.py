@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.tfds_data_dir = ""
     config.data.limit_train = 0  # >0: keep only the first N training records
     config.data.limit_eval = 0  # >0: keep only the first N records of each eval split
+    # >0: a seeded subset of N training records (stratified by label for classification),
+    # taken after limit_train; train_fraction in (0, 1]: the same by fraction (1 = all).
+    config.data.train_size = 0
+    config.data.train_fraction = 1.0
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5
@@ -76,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
     # A step whose loss, gradient norm or updated params' norm is not finite: stop (exit
     # status 3, the last good checkpoint kept) | skip (that update is not applied) | ignore
     config.train.on_nonfinite = "stop"
+    # N > 0: stop after N periodic evaluations (train.eval_every) without an improvement
+    # of checkpoint.best_metric by more than early_stopping_min_delta; 0 = off.
+    config.train.early_stopping_patience = 0
+    config.train.early_stopping_min_delta = 0.0
+    # ε of the label-smoothed cross-entropy in training (classification, dialogue, seq2seq)
+    config.train.label_smoothing = 0.0
+    # NEFTune: uniform noise alpha/sqrt(L·d) on the input token embeddings in training
+    config.train.neftune_alpha = 0.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64

@@ -143,6 +143,33 @@ def log_to(workdir: str | os.PathLike) -> Path | None:
     return path
 
 
+@contextlib.contextmanager
+def session(workdir: str | os.PathLike) -> Iterator[None]:
+    """A run started from Python (`sft_jax.train`, `sft_jax.evaluate`) shows what the
+    command line shows: the console handler (installed once, unless the program set up
+    logging itself) and `workdir/log.txt` for the duration of the run."""
+    root = logging.getLogger()
+    if _state["console"] is None and not root.handlers:
+        setup()
+    previous = _state["file"]
+    if previous is not None:
+        root.removeHandler(previous)
+    _state["file"] = None
+    import jax
+
+    if jax.process_index() == 0:
+        log_to(workdir)
+    try:
+        yield
+    finally:
+        if _state["file"] is not None:
+            root.removeHandler(_state["file"])
+            _state["file"].close()
+        _state["file"] = previous
+        if previous is not None:
+            root.addHandler(previous)
+
+
 def _upload(local: Path, remote) -> None:
     logging.shutdown()  # flushes the file handler
     with contextlib.suppress(OSError):

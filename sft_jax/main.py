@@ -67,7 +67,7 @@ def print_results(results: dict, out_dir: str) -> None:
     stds = results.get("std", {})
     rows = {}
     for split, metrics in results.items():
-        if split in ("std", "replicas") or not isinstance(metrics, dict):
+        if split in ("std", "replicas", "stopped") or not isinstance(metrics, dict):
             continue
         rows[split] = {k: (f"{console.number(v)} ± {console.number(stds[split][k])}"
                            if k in stds.get(split, {}) else v)
@@ -79,6 +79,9 @@ def print_results(results: dict, out_dir: str) -> None:
             print(f"  {line}")
     from sft_jax import storage
 
+    if "stopped" in results:
+        print(f"stopped early at step {results['stopped']['step']}: "
+              f"{results['stopped']['reason']}")
     root = storage.path(out_dir)
     for name in ("export", "predictions"):
         if (root / name).is_dir():
@@ -108,9 +111,10 @@ def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
         fail(str(err))
     import jax
 
-    from sft_jax import parallel, trainer
+    from sft_jax import parallel, trainer, validate
 
     try:
+        validate.check_config(config)  # a refused config leaves no trace in the workdir
         parallel.initialize_distributed(config)
         if jax.process_index() == 0:
             console.log_to(FLAGS.workdir)

@@ -42,7 +42,12 @@ The file formats (what `sft_jax.main` writes; this docstring is their reference)
     the means, plus `"std": {split: {...}}` and `"replicas": [{"replica": k, "seed": s,
     split: {...}, ...}, ...]`. Non-finite values are `null` (read as NaN). A run without
     `results.json` is unfinished (in progress or failed, e.g. stopped by
-    `train.on_nonfinite=stop` with exit status 3).
+    `train.on_nonfinite=stop` with exit status 3). A run that early stopping ended
+    (`train.early_stopping_patience`) also has `"stopped": {"step": s, "reason": "early
+    stopping: no improvement of accuracy > 0.001 in 3 evaluations", "best_step": b}`
+    (`best_step` a list, one per replica, with K > 1): the final metrics are those of
+    the best params; rows of a run without replicas read it as the columns
+    `stopped/step` and `stopped/best_step`.
 
 `SWEEP/sweep.json` (optional; runs made by hand have none)
     `{"runs": [{"name": ..., "overrides": {"optim.learning_rate": 1e-4, "seed": 1},

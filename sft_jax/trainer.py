@@ -49,6 +49,7 @@ from sft_jax.checkpoint import Checkpoints, read_params
 from sft_jax.data import pipeline
 from sft_jax.errors import NonFiniteError, UserInputError
 from sft_jax.models.layers import count_params
+from sft_jax.stopping import EarlyStopping
 from sft_jax.writers import MetricWriter, to_json
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class Trainer:
     It holds the workdir's lock from its construction to the end of `train_and_evaluate`
     (or `release()`); `config.json` is written once the config and the resume from the
     workdir's checkpoints (if any) are accepted, so a refused run leaves it as it was."""
+
+    stopped: dict | None = None  # results.json's "stopped" once early stopping ended the run
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path,
                  params_from: str | Path | None = None, start_label: str | None = None):
@@ -472,6 +475,8 @@ class Trainer:
                                            "trained_params": self.trained_params,
                                            "replicas": self.replicas})
         periodic = config.eval.periodic_split
+        stopper = EarlyStopping(config, self.replicas)  # train.early_stopping_*
+        stopper.resume(self.workdir, start)
         progress = console.TrainProgress(start, self.total_steps,
                                          config.train.progress_bar and jax.process_index() == 0,
                                          unit=self.task_unit())
@@ -480,7 +485,7 @@ class Trainer:
         last_time, last_step = loop_started, start
         try:
             with _GracefulStop() as stop:
-                while step < self.total_steps:
+                while step < self.total_steps and stopper.stopped is None:
                     batch = self._next_batch(iterators)
                     self.state, metrics = self.train_step(self.state, batch, self.rng)
                     step += 1
@@ -497,7 +502,9 @@ class Trainer:
                     eval_now = config.train.eval_every and step % config.train.eval_every == 0
                     if eval_now and periodic in eval_features and step < self.total_steps:
                         self._check_nonfinite()
-                        self._periodic_eval(step, periodic, eval_features[periodic])
+                        if stopper.update(step, self._periodic_eval(
+                                step, periodic, eval_features[periodic])):
+                            log.info("step %d: %s", step, stopper.stopped["reason"])
                     if (config.checkpoint.every and step % config.checkpoint.every == 0) or (
                             stop.requested):
                         self._save(step, iterators)
@@ -511,6 +518,7 @@ class Trainer:
 
         if self.total_steps > 0:
             self._save(step, iterators)
+        self.stopped = stopper.stopped  # the final evaluation then uses the best params
         results = self._final(step, eval_features)
         self.checkpoints.wait()
         self.checkpoints.close()
@@ -613,6 +621,8 @@ class Trainer:
                        for k in range(self.replicas)]
         results = per_replica[0] if self.replicas == 1 else \
             replica_summary(per_replica, self.seeds)
+        if self.stopped is not None:
+            results["stopped"] = self.stopped
         if jax.process_index() == 0:  # whole or absent: a sweep takes it as "done"
             storage.write_text(self.workdir / "results.json", to_json(results, indent=2) + "\n")
         return results
@@ -630,7 +640,7 @@ class Trainer:
 
         params = self._replica_params(self.state.params, k)
         source = self.start_label if step == 0 and self.start_label else f"step {step}"
-        if config.checkpoint.use_best_for_final and self.total_steps > 0:
+        if (config.checkpoint.use_best_for_final or self.stopped) and self.total_steps > 0:
             abstract = state_lib.abstract_like(self.placement.from_steps(self.state.params),
                                                self.shardings.params) \
                 if self.replicas == 1 else state_lib.unstacked(self.state.params,

@@ -141,6 +141,8 @@ RULES: dict[str, Rule] = {
     "data.tfds_data_dir": Rule("str"),
     "data.limit_train": at_least(0),
     "data.limit_eval": at_least(0),
+    "data.train_size": at_least(0),
+    "data.train_fraction": within(0, 1, open_low=True),
     "data.text_field": NAME,
     "data.text_pair_field": Rule("str"),
     "data.label_field": NAME,
@@ -189,6 +191,9 @@ RULES: dict[str, Rule] = {
     "train.eval_every": at_least(0),
     "train.progress_bar": Rule("bool"),
     "train.label_smoothing": within(0, 1, open_high=True),
+    "train.early_stopping_patience": at_least(0),
+    "train.early_stopping_min_delta": at_least(0, "float"),
+    "train.neftune_alpha": at_least(0, "float"),
     # eval
     "eval.batch_size": at_least(1),
     "eval.splits": each_of(SPLITS),
@@ -237,6 +242,13 @@ CROSS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
       "distributed.process_id"),
      lambda address, n, i: not address or (n >= 1 and 0 <= i < n),
      "with a coordinator address, num_processes >= 1 and 0 <= process_id < num_processes"),
+    (("data.train_size", "data.train_fraction"),
+     lambda size, fraction: not size or fraction == 1, "at most one of them set"),
+    (("train.early_stopping_patience", "train.eval_every", "checkpoint.best_metric",
+      "eval.periodic_split"),
+     lambda patience, every, metric, split: not patience or (every and metric and split),
+     "with a patience > 0, train.eval_every > 0, a checkpoint.best_metric and an "
+     "eval.periodic_split"),
 ]
 
 

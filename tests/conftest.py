@@ -302,3 +302,17 @@ def is_decoder_norm(name: str) -> bool:
 
 def is_bert_norm(name: str) -> bool:
     return name.endswith("LayerNorm.weight")
+
+
+# The files that take longest (minutes, mostly command-line runs), scheduled first so that
+# two xdist workers (`make test`: -n 2 --dist loadfile) finish together. Order only: any
+# order passes.
+SLOW_FILES = ("test_benchmark.py", "test_kill.py", "test_replicas.py", "test_seq2seq.py",
+              "test_train.py", "test_sweep.py", "test_gemma3_asset.py", "test_sharding.py",
+              "test_dialogue.py", "test_gguf.py", "test_bart.py", "test_workdir.py",
+              "test_peft.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))

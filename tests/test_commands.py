@@ -95,6 +95,7 @@ def test_evaluate_a_fresh_head_equals_a_zero_step_run(tmp_path, tiny):
     same_metrics(zero, evaluated)
     assert evaluated["test"]["params_from"] == tiny["model.checkpoint"]
     assert results(tmp_path / "eval")["test"]["params_from"] == tiny["model.checkpoint"]
+    assert (tmp_path / "eval" / "log.txt").is_file()  # the run's log, as from the CLI
     with pytest.raises(sft_jax.errors.UserInputError, match="holds a training run's"):
         (tmp_path / "zero" / "checkpoints" / "1").mkdir(parents=True)
         sft_jax.evaluate(config, tmp_path / "zero")

@@ -83,7 +83,7 @@ def test_label_smoothing_equals_torch_cross_entropy():
     import jax.numpy as jnp
     import torch
 
-    from sft_jax.tasks.seq2seq import smoothed_cross_entropy
+    from sft_jax.tasks.base import smoothed_cross_entropy
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 7, 11)).astype(np.float32) * 3  # B T V

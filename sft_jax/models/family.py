@@ -8,8 +8,8 @@ package names its model types, its Hugging Face class names or its weight names.
 What a family provides:
 
 - `config_cls`: a frozen dataclass, best derived from `common.ModelConfig` (which holds
-    `dtype`, `param_dtype`, `remat_policy` and `from_hf`; the family sets `hf_checks` and
-    `fields_from_hf`), with
+    `dtype`, `param_dtype`, `remat_policy`, `neftune_alpha` and `from_hf`; the family
+    sets `hf_checks` and `fields_from_hf`), with
     `from_hf(hf: Mapping, *, dtype, param_dtype, where) -> config` (checks the HF
         `config.json` fields, one `UserInputError` naming `where` for a bad one),
     `to_hf() -> dict` (the HF fields it determines, `model_type` included; an unknown

@@ -173,6 +173,40 @@ def embed(
     )
 
 
+def neftune_noise(x: Array, segment_ids: Array, alpha: float, rng: Array) -> Array:
+    """NEFTune (Jain et al. 2023): x [B, L, D] + U(-1, 1) · alpha / sqrt(L·D) per element,
+    where L is the length of the example the token belongs to: the tokens of its row with
+    the same segment id (segment_ids [B, L]: 0 = padding, which gets no noise; a padded
+    row holds one segment, a packed row several, each noised as it would be alone). As
+    the paper's reference code, and unlike a padded-length L, the scale does not depend
+    on the padding or packing of the batch."""
+    b, t, d = x.shape
+    segments = jnp.asarray(segment_ids, jnp.int32)
+    counts = jax.vmap(lambda s: jnp.bincount(s, length=t + 1))(segments)  # B L+1
+    lengths = jnp.take_along_axis(counts, segments, axis=1)  # B L: the segment's length
+    scale = alpha / jnp.sqrt(jnp.maximum(lengths, 1).astype(jnp.float32) * d)
+    scale = jnp.where(segments > 0, scale, 0.0)[..., None]  # B L 1
+    noise = jax.random.uniform(rng, (b, t, d), jnp.float32, -1.0, 1.0) * scale
+    return x + noise.astype(x.dtype)
+
+
+def neftune(module: nn.Module, x: Array, segment_ids: Array | None, *,
+            deterministic: bool) -> Array:
+    """`neftune_noise` on the input token embeddings x [B, L, D] of `module` (its
+    config's `neftune_alpha`, rng stream 'dropout') in a non-deterministic call with
+    alpha > 0; x itself otherwise (evaluation, generation, alpha = 0: the same program).
+    `segment_ids` None: every token is real. Each family calls it once per token lookup
+    (encoder-decoders: on both sides), on the lookup's output: BART's after its
+    `embed_scale`, Gemma 3's before its sqrt(D) scale, BERT's before the position and
+    token-type embeddings are added."""
+    alpha = float(getattr(module.config, "neftune_alpha", 0.0))
+    if deterministic or alpha <= 0:
+        return x
+    if segment_ids is None:
+        segment_ids = jnp.ones(x.shape[:2], jnp.int32)
+    return neftune_noise(x, segment_ids, alpha, module.make_rng("dropout"))
+
+
 # ----------------------------------------------------------------------------- masks
 
 

@@ -110,6 +110,7 @@ def build_model(
     dtype: Any = "float32",
     param_dtype: Any = "float32",
     remat: str = "none",
+    neftune_alpha: float = 0.0,
     where: str = "config.json",
 ) -> tuple[nn.Module, Any]:
     """(module, config) for an HF config dict.
@@ -118,13 +119,16 @@ def build_model(
     decoder, the causal LM (`LlamaModel`, `Gpt2Model`); with it, a `SequenceClassifier`
     whose params are `{'encoder': ..., 'classifier': ...}`. `pooling=None` picks the
     family's Hugging Face pooling ('pooler' for encoders, 'last' for decoders).
-    `remat` ('none', 'full', 'dots') sets the config's `remat_policy`.
+    `remat` ('none', 'full', 'dots') sets the config's `remat_policy`, `neftune_alpha`
+    its NEFTune noise (training calls only; `layers.neftune`).
     `where` (usually the config.json path) names the source in error messages.
     """
     family = get_family(hf_config, where=where)
     config = family.config_cls.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, where=where)
     if remat != "none":  # ours, not an HF field: recompute layer activations in backward
         config = dataclasses.replace(config, remat_policy=remat)
+    if neftune_alpha:  # ours too: noise on the input embeddings in training
+        config = dataclasses.replace(config, neftune_alpha=float(neftune_alpha))
     if num_labels is None:
         return family.module_cls(config), config
     if family.kind not in ("encoder", "decoder"):

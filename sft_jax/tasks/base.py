@@ -30,6 +30,7 @@ How to add a task:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
@@ -113,6 +115,69 @@ def check_field(record: Mapping[str, Any], field: str, key: str,
                              f"{expected} ({key})")
 
 
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: float
+                           ) -> jax.Array:
+    """Per-token loss [...] from logits [..., V] and integer targets [...]:
+    (1-ε)·(-log p[target]) + ε·mean_v(-log p[v]), ε = `smoothing` (0: plain NLL)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    if smoothing == 0:
+        return nll
+    # = softmax cross-entropy against optax.smooth_labels(one_hot(target), ε)
+    return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
+
+
+def training_loss(smoothing: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The training loss of logits [..., V] and integer targets [...] -> [...]: plain
+    cross-entropy at ε = 0 (optax's), else `smoothed_cross_entropy` with ε = `smoothing`
+    (`train.label_smoothing`). Evaluation is never smoothed."""
+    if smoothing == 0:
+        return optax.softmax_cross_entropy_with_integer_labels
+    return functools.partial(smoothed_cross_entropy, smoothing=float(smoothing))
+
+
+def subset_indices(size: int, labels: Sequence[str] | None, count: int, seed: int
+                   ) -> list[int]:
+    """Sorted indices of a random subset of `size` of `count` items (numpy's generator
+    seeded with `seed`). With `labels` (one per item) it is stratified: each label gets
+    its share of `size` by the largest-remainder rule (floor of size·n_label/count, the
+    rest to the largest fractions, ties in label order), drawn at random among its items."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return sorted(int(i) for i in rng.choice(count, size, replace=False))
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(labels):
+        groups.setdefault(name, []).append(i)
+    names = sorted(groups)
+    exact = [size * len(groups[n]) / count for n in names]
+    shares = [int(e) for e in exact]
+    by_remainder = sorted(range(len(names)), key=lambda j: (-(exact[j] - shares[j]), j))
+    for j in by_remainder[: size - sum(shares)]:
+        shares[j] += 1
+    chosen: list[int] = []
+    for name, share in zip(names, shares, strict=True):
+        members = groups[name]
+        chosen.extend(members[int(i)] for i in rng.choice(len(members), share, replace=False))
+    return sorted(chosen)
+
+
+def train_subset(data: ml_collections.ConfigDict, count: int, labels: Sequence[str] | None,
+                 seed: int) -> range | list[int]:
+    """The kept training records' indices under `data.train_size` (N > 0: N of them) or
+    `data.train_fraction` (< 1: that share, rounded, at least 1): `subset_indices`; all
+    of them otherwise. A size above `count` is a `UserInputError`."""
+    size = int(data.get("train_size", 0))
+    fraction = float(data.get("train_fraction", 1.0))
+    if size > count:
+        raise UserInputError(f"data.train_size: {size} is more than the {count} records of "
+                             f"data.train")
+    if not size and fraction < 1:
+        size = max(1, round(fraction * count))
+    if not size or size == count:
+        return range(count)
+    return subset_indices(size, labels, count, seed)
+
+
 def token_outputs(losses: jax.Array, weights: jax.Array, batch: dict) -> dict[str, jax.Array]:
     """Per-row eval outputs from per-token losses and weights [B, L]: "nll" and "tokens"
     (sums over the row, [B]), with the batch's "index" and "example_mask"."""
@@ -150,9 +215,11 @@ class TaskBase:
 
     # Records -----------------------------------------------------------------------------
 
-    def read_records(self, check: Callable[[dict], None] | None = None) -> None:
-        """`records` of every configured split, cut to the data limits; `check(record)`
-        raises on a bad record."""
+    def read_records(self, check: Callable[[dict], None] | None = None,
+                     label: Callable[[dict], str] | None = None) -> None:
+        """`records` of every configured split, cut to the data limits, the training split
+        then to `data.train_size` / `data.train_fraction` (`train_subset`, stratified by
+        `label(record)` when given); `check(record)` raises on a bad record."""
         data = self.config.data
         for split in SPLITS:
             if not data[split]:
@@ -164,6 +231,10 @@ class TaskBase:
             if check is not None:
                 for r in records:
                     check(r)
+            if split == "train":
+                labels = None if label is None else [label(r) for r in records]
+                records = [records[i] for i in train_subset(data, len(records), labels,
+                                                            int(self.config.seed))]
             self.records[split] = records
 
     # Model -------------------------------------------------------------------------------
@@ -191,11 +262,12 @@ class TaskBase:
         return dict(hf_config)
 
     def build(self, where: str, **head: Any) -> str:
-        """module and module_config from hf_config (model.dtype, model.remat, `head`);
-        returns the family's kind."""
+        """module and module_config from hf_config (model.dtype, model.remat,
+        train.neftune_alpha, `head`); returns the family's kind."""
         model = self.config.model
         self.module, self.module_config = registry.build_model(
-            self.hf_config, dtype=model.dtype, remat=model.remat, where=where, **head)
+            self.hf_config, dtype=model.dtype, remat=model.remat, where=where,
+            neftune_alpha=float(self.config.train.get("neftune_alpha", 0.0)), **head)
         return registry.family_of(self.module_config).kind
 
     def pretrained_params(self) -> Mapping | None:

@@ -3,7 +3,8 @@
 Batch contract ([B] rows, [B, L] padded tokens):
   input_ids, token_type_ids, attention_mask: int32 [B, L]
   label: int32 [B]; example_mask: float32 [B] (0 for filler rows); index: int32 [B] (eval)
-Loss: cross-entropy summed over real rows; weight = number of real rows.
+Loss: cross-entropy summed over real rows, label-smoothed in training by
+`train.label_smoothing` (optax.smooth_labels); weight = number of real rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sft_jax import metrics as metrics_lib
 from sft_jax import storage
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
-from sft_jax.tasks.base import TaskBase, check_field
+from sft_jax.tasks.base import TaskBase, check_field, training_loss
 
 # A label is a class name or id; its string form is the class (`labels.json`).
 LABEL_TYPES = (str, int, bool)
@@ -36,7 +37,8 @@ class ClassificationTask(TaskBase):
         super().__init__(config, workdir)
         data = config.data
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
-        self.read_records(self._check_fields)  # bad records stop the run before the model loads
+        # bad records stop the run before the model loads; train_size keeps label shares
+        self.read_records(self._check_fields, label=self._label_key)
         self.use_checkpoint()
 
         self.label_names = self._label_vocabulary(self.workdir)
@@ -163,7 +165,8 @@ class ClassificationTask(TaskBase):
 
     def loss_fn(self, params, batch: dict, rng, deterministic: bool):
         logits = self._logits(params, batch, rng, deterministic)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # B
+        loss = training_loss(self.config.train.label_smoothing)
+        losses = loss(logits, batch["label"])  # B
         mask = batch["example_mask"]
         return jnp.sum(losses * mask), {"weight": jnp.sum(mask)}
 

@@ -5,7 +5,9 @@ Records are `{"messages": [{"role", "content"}, ...]}` or `{"prompt", "completio
 marks the tokens the loss covers (`data.loss_on`: assistant turns by default).
 Batch contract: `sft_jax.data.packing` (input_ids, positions, segment_ids, loss_mask, all
 [B, L]); training rows are packed (`data.packing=True`) or padded, evaluation rows padded.
-Loss: next-token cross-entropy summed over target tokens; weight = number of targets.
+Loss: next-token cross-entropy summed over target tokens, label-smoothed in training by
+`train.label_smoothing` (as seq2seq's, `tasks.base.smoothed_cross_entropy`); weight =
+number of targets.
 Evaluation: loss and perplexity per target token; sample responses to the last user turn
 of the first `eval.num_samples` conversations go to predictions/<split>.jsonl.
 """
@@ -21,12 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from sft_jax.data import chat, packing
 from sft_jax.errors import UserInputError
 from sft_jax.generation import ChatModel, Sampling
-from sft_jax.tasks.base import TaskBase, row_loss, token_metrics, token_outputs
+from sft_jax.tasks.base import TaskBase, row_loss, token_metrics, token_outputs, training_loss
 
 
 class DialogueTask(TaskBase):
@@ -60,16 +61,14 @@ class DialogueTask(TaskBase):
     def init_batch(self) -> dict[str, np.ndarray]:
         return self.lm_init_batch()
 
-    def _token_nll(self, params, batch: dict, rng, deterministic: bool):
-        return self.lm_token_losses(params, batch, rng, deterministic,
-                                    optax.softmax_cross_entropy_with_integer_labels)
-
     def loss_fn(self, params, batch: dict, rng, deterministic: bool):
-        nll, weights = self._token_nll(params, batch, rng, deterministic)
-        return jnp.sum(nll), {"weight": jnp.sum(weights)}
+        losses, weights = self.lm_token_losses(
+            params, batch, rng, deterministic, training_loss(self.config.train.label_smoothing))
+        return jnp.sum(losses), {"weight": jnp.sum(weights)}
 
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:
-        return token_outputs(*self._token_nll(params, batch, None, True), batch)
+        return token_outputs(*self.lm_token_losses(params, batch, None, True,
+                                                   training_loss(0.0)), batch)
 
     def evaluate(self, split: str, outputs: dict[str, np.ndarray], params=None
                  ) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from sft_jax.errors import UserInputError
 from sft_jax.generation import Sampling, generate_ids
 from sft_jax.hf.checkpoint_dir import load_state_dict
 from sft_jax.models import registry
-from sft_jax.tasks.base import tokenizer_from
-from sft_jax.tasks.seq2seq import Seq2SeqBase, record_fields, smoothed_cross_entropy
+from sft_jax.tasks.base import smoothed_cross_entropy, tokenizer_from
+from sft_jax.tasks.seq2seq import Seq2SeqBase, record_fields
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from sft_jax.data import seq2seq as s2s
 from sft_jax.data.pipeline import bucket_lengths
 from sft_jax.errors import UserInputError
 from sft_jax.generation import ChatModel, Sampling
-from sft_jax.tasks.seq2seq import Seq2SeqBase, record_fields, smoothed_cross_entropy
+from sft_jax.tasks.base import smoothed_cross_entropy
+from sft_jax.tasks.seq2seq import Seq2SeqBase, record_fields
 
 
 class PromptedTask(Seq2SeqBase):

@@ -47,17 +47,6 @@ from sft_jax.tasks.base import (
 
 log = logging.getLogger(__name__)
 
-def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array, smoothing: float
-                           ) -> jax.Array:
-    """Per-token loss [...] from logits [..., V] and integer targets [...]:
-    (1-ε)·(-log p[target]) + ε·mean_v(-log p[v]), ε = `smoothing` (0: plain NLL)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    if smoothing == 0:
-        return nll
-    return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
-
-
 def seq2seq_task(config: ml_collections.ConfigDict, workdir: Path) -> Seq2SeqBase:
     """The seq2seq task for this config's model (see the module docstring)."""
     validate.check_config(config)

@@ -204,7 +204,7 @@ class BartConfig(common.ModelConfig):
         out: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("dtype", "param_dtype", "remat_policy")
+            if f.name not in common.OURS
         }
         out["eos_token_id"] = common.token_ids_to_hf(self.eos_token_id)
         out["forced_eos_token_id"] = common.token_ids_to_hf(self.forced_eos_token_id)
@@ -496,7 +496,8 @@ class BartModel(nn.Module):
             encoder_segment_ids = jnp.ones((b, s), jnp.int32)
         if encoder_positions is None:
             encoder_positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        x = self._lookup(self._tables()[0], encoder_input_ids)  # B S D
+        x = layers.neftune(self, self._lookup(self._tables()[0], encoder_input_ids),
+                           encoder_segment_ids, deterministic=deterministic)  # B S D
         return self.encoder(
             x,
             jnp.asarray(encoder_positions, jnp.int32),
@@ -526,7 +527,8 @@ class BartModel(nn.Module):
             segment_ids, jnp.asarray(encoder_segment_ids, jnp.int32)
         )  # B 1 T S
         table = self._tables()[1]
-        x = self._lookup(table, decoder_input_ids)  # B T D
+        x = layers.neftune(self, self._lookup(table, decoder_input_ids), segment_ids,
+                           deterministic=deterministic)  # B T D
         x, new_layers = self.decoder(
             x,
             positions,

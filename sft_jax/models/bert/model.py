@@ -42,7 +42,7 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta")
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size")
 # Our fields that no HF config.json sets (model_type is read separately).
-_NOT_HF = ("dtype", "param_dtype", "model_type", "remat_policy")
+_NOT_HF = (*common.OURS, "model_type")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,7 @@ class BertEmbeddings(nn.Module):
         position_ids: Array | None,  # B T
         *,
         deterministic: bool,
+        attention_mask: Array | None = None,  # B T: the real tokens (NEFTune's lengths)
     ) -> Array:  # B T D
         cfg = self.config
         kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
@@ -147,7 +148,9 @@ class BertEmbeddings(nn.Module):
         tok = layers.embed(
             cfg.type_vocab_size, d, row_axis=axes.TOKEN_TYPE, init=init, name="token_type", **kw
         )
-        x = word(input_ids) + tok(token_type_ids) + pos(position_ids)  # B T D
+        words = layers.neftune(self, word(input_ids), attention_mask,
+                               deterministic=deterministic)  # B T D
+        x = words + tok(token_type_ids) + pos(position_ids)  # B T D
         x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="norm", **kw)(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
@@ -221,7 +224,8 @@ class BertModel(nn.Module):
     ) -> dict[str, Array]:
         cfg = self.config
         x = BertEmbeddings(cfg, name="embeddings")(
-            input_ids, token_type_ids, position_ids, deterministic=deterministic
+            input_ids, token_type_ids, position_ids, deterministic=deterministic,
+            attention_mask=attention_mask,
         )  # B T D
         pad = None if attention_mask is None else layers.padding_mask(attention_mask)
         mask = layers.combine_masks(pad, mask)  # B 1 1|T S

@@ -98,7 +98,7 @@ class Gpt2Config(common.ModelConfig):
         kwargs = {
             name: hf.get(name, defaults[name])
             for name in defaults
-            if name not in ("dtype", "param_dtype", "model_type", "remat_policy")
+            if name not in (*common.OURS, "model_type")
         }
         kwargs["bos_token_id"] = common.hf_token_ids(kwargs["bos_token_id"])
         kwargs["eos_token_id"] = common.hf_token_ids(kwargs["eos_token_id"])
@@ -109,7 +109,7 @@ class Gpt2Config(common.ModelConfig):
         out = {
             f.name: common.token_ids_to_hf(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if f.name not in ("dtype", "param_dtype", "remat_policy")
+            if f.name not in common.OURS
         }
         # reorder_and_upcast_attn only changes fp16 rounding; ours always upcasts.
         out["reorder_and_upcast_attn"] = False

@@ -538,7 +538,8 @@ class T5Model(nn.Module):
             positions = jnp.arange(s, dtype=jnp.int32)[None]  # 1 S: the bias has no batch
         else:
             positions = jnp.asarray(encoder_positions, jnp.int32)
-        x = self.embed(encoder_input_ids)  # B S D
+        x = layers.neftune(self, self.embed(encoder_input_ids), segments,
+                           deterministic=deterministic)  # B S D
         x, _ = self.encoder(
             x, mask=layers.segment_mask(segments), query_positions=positions,
             key_positions=positions, deterministic=deterministic,
@@ -570,7 +571,8 @@ class T5Model(nn.Module):
             key_positions = jax.lax.dynamic_update_slice(
                 cache["positions"], jnp.broadcast_to(positions, (b, t)), (0, index)
             )  # B S
-        y = self.embed(decoder_input_ids)  # B T D
+        y = layers.neftune(self, self.embed(decoder_input_ids), segments,
+                           deterministic=deterministic)  # B T D
         y, new_layers = self.decoder(
             y, mask=masks[None], query_positions=positions, key_positions=key_positions,
             encoded=encoded, cross_mask=layers.segment_mask(segments, encoder_segments),
