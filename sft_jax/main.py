@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from sft_jax import cli, console, workdir
 from sft_jax.errors import NonFiniteError, UserInputError, flag_error
+from sft_jax.interrupts import StopRequested
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, predictions, "
@@ -111,7 +112,7 @@ def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
         fail(str(err))
     import jax
 
-    from sft_jax import parallel, trainer, validate
+    from sft_jax import parallel, validate
 
     try:
         validate.check_config(config)  # a refused config leaves no trace in the workdir
@@ -125,7 +126,7 @@ def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_status)
-    except trainer.StopRequested as stop:
+    except StopRequested as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while stopping, or before the loop

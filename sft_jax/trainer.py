@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,40 +47,13 @@ from sft_jax import workdir as workdir_lib
 from sft_jax.checkpoint import Checkpoints, read_params
 from sft_jax.data import pipeline
 from sft_jax.errors import NonFiniteError, UserInputError
+from sft_jax.interrupts import GracefulStop, StopRequested
 from sft_jax.models.layers import count_params
+from sft_jax.replicas import replica_summary
 from sft_jax.stopping import EarlyStopping
 from sft_jax.writers import MetricWriter, to_json
 
 log = logging.getLogger(__name__)
-
-
-class StopRequested(Exception):
-    """Ctrl-C (SIGINT) or SIGTERM arrived; the loop saved a checkpoint at a step boundary."""
-
-
-class _GracefulStop:
-    """First SIGINT/SIGTERM sets a flag the loop checks between steps; a second one raises
-    KeyboardInterrupt (an abort: the step and any save in flight are abandoned)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Stop requested: saving a checkpoint at the end of this step.")
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread (e.g. a notebook)
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
 
 
 def _buckets(config: ml_collections.ConfigDict) -> list[int]:
@@ -484,7 +456,7 @@ class Trainer:
         loop_started = time.perf_counter()
         last_time, last_step = loop_started, start
         try:
-            with _GracefulStop() as stop:
+            with GracefulStop() as stop:
                 while step < self.total_steps and stopper.stopped is None:
                     batch = self._next_batch(iterators)
                     self.state, metrics = self.train_step(self.state, batch, self.rng)
@@ -683,28 +655,6 @@ class Trainer:
                                            self.adapter, trainable, host,
                                            self.checkpoints.base["path"])
         return results
-
-
-def replica_summary(per_replica: Sequence[dict], seeds: Sequence[int]) -> dict[str, Any]:
-    """results.json of a run with replicas: per split the mean of each numeric metric over
-    replicas, under "std" their sample standard deviation (ddof=1), under "replicas" each
-    replica's own results with its seed."""
-    means: dict[str, Any] = {}
-    stds: dict[str, Any] = {}
-    for split, first in per_replica[0].items():
-        means[split], stds[split] = {}, {}
-        for name, value in first.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                means[split][name] = value  # e.g. params_from: each replica says its own
-                continue
-            values = np.asarray([r[split][name] for r in per_replica], np.float64)
-            means[split][name] = float(values.mean())
-            stds[split][name] = float(values.std(ddof=1))
-        if "params_from" in first:
-            means[split]["params_from"] = "mean over replicas"
-    replicas = [{"replica": k, "seed": seed, **r}
-                for k, (seed, r) in enumerate(zip(seeds, per_replica, strict=True))]
-    return {**means, "std": stds, "replicas": replicas}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
