@@ -76,6 +76,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     params_from, label = None, None
     if model:
         run = best_params_run(model)
+        if run is None and (storage.path(model) / "metrics.jsonl").exists():
+            raise UserInputError(f"--model: {model} is a run directory; evaluate its export/ "
+                                 f"or best/")
         if run is None:
             config.model.checkpoint = str(model)
             label = str(model)

@@ -96,6 +96,8 @@ def test_evaluate_a_fresh_head_equals_a_zero_step_run(tmp_path, tiny):
     assert evaluated["test"]["params_from"] == tiny["model.checkpoint"]
     assert results(tmp_path / "eval")["test"]["params_from"] == tiny["model.checkpoint"]
     assert (tmp_path / "eval" / "log.txt").is_file()  # the run's log, as from the CLI
+    with pytest.raises(sft_jax.errors.UserInputError, match="is a run directory; evaluate"):
+        sft_jax.evaluate(config, tmp_path / "other", model=tmp_path / "zero")
     with pytest.raises(sft_jax.errors.UserInputError, match="holds a training run's"):
         (tmp_path / "zero" / "checkpoints" / "1").mkdir(parents=True)
         sft_jax.evaluate(config, tmp_path / "zero")
