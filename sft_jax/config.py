@@ -44,10 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     # changes) and random deletion (each word with probability alpha); alpha 0 = not used.
     # Defaults: the paper's Table 3 for 5,000+ training sentences.
     config.data.augment = ""
-    config.data.eda_alpha_sr = 0.1
-    config.data.eda_alpha_ri = 0.1
-    config.data.eda_alpha_rs = 0.1
-    config.data.eda_alpha_rd = 0.1
+    for op in ("sr", "ri", "rs", "rd"):  # data.eda_alpha_sr, _ri, _rs, _rd
+        config.data[f"eda_alpha_{op}"] = 0.1
     config.data.eda_n_aug = 4
 
     config.optim = ml_collections.ConfigDict()
