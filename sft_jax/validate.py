@@ -253,7 +253,7 @@ CROSS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
      lambda size, fraction: not size or fraction == 1, "at most one of them set"),
     (("data.augment", "task"),
      lambda augment, task: not augment or task == "classification",
-     "augmentation for task 'classification' only"),
+     "task 'classification' (training-text augmentation is for classification only)"),
     (("data.augment", "data.eda_n_aug", "data.eda_alpha_sr", "data.eda_alpha_ri",
       "data.eda_alpha_rs", "data.eda_alpha_rd"),
      lambda augment, n_aug, *alphas: augment != "eda" or not n_aug or any(alphas),
