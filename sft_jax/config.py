@@ -38,6 +38,15 @@ def base_config() -> ml_collections.ConfigDict:
     # taken after limit_train; train_fraction in (0, 1]: the same by fraction (1 = all).
     config.data.train_size = 0
     config.data.train_fraction = 1.0
+    # Training-text augmentation (classification only): "" = off | "eda" (EDA, Wei & Zou
+    # 2019, sft_jax.data.augment): eda_n_aug new sentences per training record, each by one
+    # of synonym replacement, random insertion, random swap (n = max(1, alpha * words)
+    # changes) and random deletion (each word with probability alpha); alpha 0 = not used.
+    # Defaults: the paper's Table 3 for 5,000+ training sentences.
+    config.data.augment = ""
+    for op in ("sr", "ri", "rs", "rd"):  # data.eda_alpha_sr, _ri, _rs, _rd
+        config.data[f"eda_alpha_{op}"] = 0.1
+    config.data.eda_n_aug = 4
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5

@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from sft_jax import tasks
+from sft_jax.data.augment import AUGMENTS
 from sft_jax.data.chat import LOSS_ON
 from sft_jax.data.seq2seq import check_template
 from sft_jax.errors import UserInputError
@@ -143,6 +144,12 @@ RULES: dict[str, Rule] = {
     "data.limit_eval": at_least(0),
     "data.train_size": at_least(0),
     "data.train_fraction": within(0, 1, open_low=True),
+    "data.augment": one_of(AUGMENTS),
+    "data.eda_alpha_sr": within(0, 1),
+    "data.eda_alpha_ri": within(0, 1),
+    "data.eda_alpha_rs": within(0, 1),
+    "data.eda_alpha_rd": within(0, 1),
+    "data.eda_n_aug": at_least(0),
     "data.text_field": NAME,
     "data.text_pair_field": Rule("str"),
     "data.label_field": NAME,
@@ -244,6 +251,13 @@ CROSS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
      "with a coordinator address, num_processes >= 1 and 0 <= process_id < num_processes"),
     (("data.train_size", "data.train_fraction"),
      lambda size, fraction: not size or fraction == 1, "at most one of them set"),
+    (("data.augment", "task"),
+     lambda augment, task: not augment or task == "classification",
+     "task 'classification' (training-text augmentation is for classification only)"),
+    (("data.augment", "data.eda_n_aug", "data.eda_alpha_sr", "data.eda_alpha_ri",
+      "data.eda_alpha_rs", "data.eda_alpha_rd"),
+     lambda augment, n_aug, *alphas: augment != "eda" or not n_aug or any(alphas),
+     "with eda and eda_n_aug > 0, at least one eda_alpha_* > 0"),
     (("train.early_stopping_patience", "train.eval_every", "checkpoint.best_metric",
       "eval.periodic_split"),
      lambda patience, every, metric, split: not patience or (every and metric and split),

@@ -39,6 +39,12 @@ BAD_VALUES = {
     "data.limit_train": (-5, ">= 0"),
     "data.train_size": (-1, ">= 0"),
     "data.train_fraction": (0.0, "in (0, 1]"),
+    "data.augment": ("backtranslate", "one of '', 'eda'"),
+    "data.eda_alpha_sr": (1.5, "in [0, 1]"),
+    "data.eda_alpha_ri": (-0.1, "in [0, 1]"),
+    "data.eda_alpha_rs": ("0.1", "a finite number"),
+    "data.eda_alpha_rd": (2, "in [0, 1]"),
+    "data.eda_n_aug": (-1, ">= 0"),
     "data.limit_eval": (0.5, "an integer"),
     "data.text_field": ("", "non-empty field name"),
     "data.text_pair_field": (None, "a string"),
@@ -131,6 +137,10 @@ BAD_COMBINATIONS = {
         ("--config.distributed.coordinator_address", "process_id=-1", "0 <= process_id")),
     "train size and fraction": ({"data.train_size": 100, "data.train_fraction": 0.5},
                                 ("--config.data.train_size", "at most one of them set")),
+    "eda without an operation": (
+        {"data.augment": "eda", "data.eda_alpha_sr": 0.0, "data.eda_alpha_ri": 0.0,
+         "data.eda_alpha_rs": 0.0, "data.eda_alpha_rd": 0.0},
+        ("--config.data.augment", "at least one eda_alpha_* > 0")),
     "early stopping without evaluations": (
         {"train.early_stopping_patience": 3, "train.eval_every": 0},
         ("--config.train.early_stopping_patience", "train.eval_every > 0")),

