@@ -4,14 +4,14 @@ r"""`sft-jax train` (also `python -m sft_jax.main`): fine-tune, evaluate, export
     sft-jax train --config=configs/classification.py:runlocal --workdir=/tmp/tiny \
         --config.optim.learning_rate=3e-5 --config.train.steps=100
 
-Intentionally thin: the run itself is `sft_jax.train(config, workdir)`, importable from a
-notebook or a test; `sft-jax eval` (`sft_jax.evaluation`) shares this file's flags and
-exits. Bad input (sft_jax.errors.UserInputError) prints one line and exits with status 2;
-a run stopped by its non-finite guard (sft_jax.errors.NonFiniteError) one line and
-status 3; a storage fault mid-run (sft_jax.workdir.StorageError: disk full, a read-only
-directory) one line and status 1; Ctrl-C/SIGTERM one line and status 130 (the first saves
-a checkpoint, a second aborts). The console shows sft_jax's own lines; the full log is
-`WORKDIR/log.txt` (`sft_jax.console`).
+Intentionally thin: the run itself is `sft_jax.trainer.train_and_evaluate` (from a notebook,
+`sft_jax.train(config, workdir)`); `sft-jax eval` (`sft_jax.evaluation`) shares this file's
+flags, error handling and exit statuses. Bad input (sft_jax.errors.UserInputError) prints
+one line and exits with status 2; a run stopped by its non-finite guard
+(sft_jax.errors.NonFiniteError) one line and status 3; a storage fault mid-run
+(sft_jax.workdir.StorageError: disk full, a read-only directory) one line and status 1;
+Ctrl-C/SIGTERM one line and status 130 (the first saves a checkpoint, a second aborts). The
+console shows sft_jax's own lines; the full log is `WORKDIR/log.txt` (`sft_jax.console`).
 """
 
 from __future__ import annotations
