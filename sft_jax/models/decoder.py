@@ -66,9 +66,7 @@ def decoder_inputs(
     None, key segment ids [B,S] (the updated cache's, or segment_ids without a cache)).
     """
     b, t = input_ids.shape
-    if segment_ids is None:
-        segment_ids = jnp.ones((b, t), jnp.int32)
-    segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    segment_ids = layers.segments_or_ones(segment_ids, b, t)
     if cache is None:
         index, key_segments = None, segment_ids
         slots = jnp.arange(t)

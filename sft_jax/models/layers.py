@@ -202,9 +202,8 @@ def neftune(module: nn.Module, x: Array, segment_ids: Array | None, *,
     alpha = float(getattr(module.config, "neftune_alpha", 0.0))
     if deterministic or alpha <= 0:
         return x
-    if segment_ids is None:
-        segment_ids = jnp.ones(x.shape[:2], jnp.int32)
-    return neftune_noise(x, segment_ids, alpha, module.make_rng("dropout"))
+    return neftune_noise(x, segments_or_ones(segment_ids, *x.shape[:2]), alpha,
+                         module.make_rng("dropout"))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -250,6 +249,13 @@ def decoder_mask(
         visible &= query_slots[:, None] - key_slots[None, :] < sliding_window
     same = query_segments[:, :, None] == key_segments[:, None, :]  # B T S
     return (same & (key_segments[:, None, :] != 0) & visible[None])[:, None]
+
+
+def segments_or_ones(segment_ids: Array | None, b: int, length: int) -> Array:
+    """int32 segment ids [B, L]; None: every token is real (one segment, all ones)."""
+    if segment_ids is None:
+        return jnp.ones((b, length), jnp.int32)
+    return jnp.asarray(segment_ids, jnp.int32)
 
 
 def positions_from_segments(segment_ids: Array) -> Array:

@@ -492,8 +492,7 @@ class BartModel(nn.Module):
         deterministic: bool = True,
     ) -> Array:  # B S D
         b, s = encoder_input_ids.shape
-        if encoder_segment_ids is None:
-            encoder_segment_ids = jnp.ones((b, s), jnp.int32)
+        encoder_segment_ids = layers.segments_or_ones(encoder_segment_ids, b, s)
         if encoder_positions is None:
             encoder_positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         x = layers.neftune(self, self._lookup(self._tables()[0], encoder_input_ids),
@@ -501,7 +500,7 @@ class BartModel(nn.Module):
         return self.encoder(
             x,
             jnp.asarray(encoder_positions, jnp.int32),
-            jnp.asarray(encoder_segment_ids, jnp.int32),
+            encoder_segment_ids,
             deterministic=deterministic,
         )
 
@@ -518,14 +517,11 @@ class BartModel(nn.Module):
     ) -> dict[str, Any]:
         cfg = self.config
         b, s = encoded.shape[:2]
-        if encoder_segment_ids is None:
-            encoder_segment_ids = jnp.ones((b, s), jnp.int32)
         positions, segment_ids, masks, index, key_segments = decoder_inputs(
             decoder_input_ids, decoder_positions, decoder_segment_ids, cache, {None}
         )
         cross_mask = layers.segment_mask(
-            segment_ids, jnp.asarray(encoder_segment_ids, jnp.int32)
-        )  # B 1 T S
+            segment_ids, layers.segments_or_ones(encoder_segment_ids, b, s))  # B 1 T S
         table = self._tables()[1]
         x = layers.neftune(self, self._lookup(table, decoder_input_ids), segment_ids,
                            deterministic=deterministic)  # B T D

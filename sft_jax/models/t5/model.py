@@ -533,7 +533,7 @@ class T5Model(nn.Module):
         deterministic: bool = True,
     ) -> Array:  # B S D
         b, s = encoder_input_ids.shape
-        segments = _segments(encoder_segment_ids, b, s)
+        segments = layers.segments_or_ones(encoder_segment_ids, b, s)
         if encoder_positions is None:
             positions = jnp.arange(s, dtype=jnp.int32)[None]  # 1 S: the bias has no batch
         else:
@@ -559,7 +559,7 @@ class T5Model(nn.Module):
     ) -> dict[str, Any]:
         cfg = self.config
         b, t = decoder_input_ids.shape
-        encoder_segments = _segments(encoder_segment_ids, b, encoded.shape[1])
+        encoder_segments = layers.segments_or_ones(encoder_segment_ids, b, encoded.shape[1])
         if decoder_positions is None and cache is None:
             decoder_positions = jnp.arange(t, dtype=jnp.int32)[None]  # 1 T
         positions, segments, masks, index, key_segments = decoder_inputs(
@@ -588,7 +588,3 @@ class T5Model(nn.Module):
         return {"logits": logits.astype(jnp.float32), "cache": new_cache}
 
 
-def _segments(segment_ids: Array | None, b: int, length: int) -> Array:
-    if segment_ids is None:
-        return jnp.ones((b, length), jnp.int32)
-    return jnp.asarray(segment_ids, jnp.int32)
