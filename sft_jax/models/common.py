@@ -156,6 +156,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_remat_policy(self.remat_policy)
 
+    @property
+    def dtypes(self) -> dict[str, Any]:
+        """`dtype` and `param_dtype` as flax modules take them (`nn.Dense(..., **dtypes)`)."""
+        return {"dtype": jnp.dtype(self.dtype), "param_dtype": jnp.dtype(self.param_dtype)}
+
     @classmethod
     def fields_from_hf(
         cls, hf: Mapping[str, Any], model_type: str, *, where: str

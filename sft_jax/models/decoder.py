@@ -214,7 +214,7 @@ class DecoderLM(nn.Module):
         deterministic: bool = True,
     ) -> dict[str, Any]:
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
         windows = [self.layer_window(i) for i in range(cfg.num_hidden_layers)]
         positions, segment_ids, masks, index, key_segments = decoder_inputs(

@@ -241,10 +241,6 @@ def marian_sinusoids(num_positions: int, dim: int) -> np.ndarray:
     return out
 
 
-def _kw(cfg: BartConfig) -> dict[str, Any]:
-    return {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-
-
 class Ffn(nn.Module):
     """`wo(drop(act(wi(x))))` with activation dropout (HF's fc1 / fc2)."""
 
@@ -254,7 +250,7 @@ class Ffn(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:  # B T D -> B T D
         cfg = self.config
-        kw = {**_kw(cfg), "kernel_init": nn.initializers.normal(cfg.init_std)}
+        kw = {**cfg.dtypes, "kernel_init": nn.initializers.normal(cfg.init_std)}
         h = layers.DenseGeneral(self.hidden_dim, (axes.EMBED, axes.MLP), name="wi", **kw)(x)
         h = layers.ACTIVATIONS[cfg.activation_function](h)  # B T F
         h = nn.with_logical_constraint(h, (axes.BATCH, axes.LENGTH, axes.MLP))
@@ -269,7 +265,7 @@ def _attention(cfg: BartConfig, heads: int, name: str) -> layers.Attention:
         dropout_rate=cfg.attention_dropout,
         kernel_init=nn.initializers.normal(cfg.init_std),
         name=name,
-        **_kw(cfg),
+        **cfg.dtypes,
     )
 
 
@@ -284,7 +280,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:  # B S D
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
-        norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **_kw(cfg))
+        norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **cfg.dtypes)
         h = _attention(cfg, cfg.encoder_attention_heads, "attention")(
             x, mask=mask, deterministic=deterministic
         )
@@ -314,7 +310,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout)
-        norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **_kw(cfg))
+        norm = functools.partial(layers.layer_norm, epsilon=LAYER_NORM_EPS, **cfg.dtypes)
         heads = cfg.decoder_attention_heads
         h, kv_cache = layers.attend(
             _attention(cfg, heads, "self_attention"), x, self_mask, kv_cache, cache_index,
@@ -333,7 +329,7 @@ class DecoderLayer(nn.Module):
 def _embed_positions(cfg: BartConfig, x: Array, positions: Array, *, deterministic: bool):
     """Adds positions (learned or sinusoidal) to token embeddings x [B,T,D], then BART's
     LayerNorm and dropout. Call inside the compact method of the owning module."""
-    kw = _kw(cfg)
+    kw = cfg.dtypes
     if cfg.learned_positions:
         table = layers.embed(
             cfg.max_position_embeddings + BART_POSITION_OFFSET,
@@ -412,7 +408,7 @@ class BartModel(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        kw = _kw(cfg)
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.init_std)
         d = cfg.d_model
         if cfg.shared_embeddings:

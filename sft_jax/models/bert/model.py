@@ -134,7 +134,7 @@ class BertEmbeddings(nn.Module):
         attention_mask: Array | None = None,  # B T: the real tokens (NEFTune's lengths)
     ) -> Array:  # B T D
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         if position_ids is None:
@@ -172,7 +172,7 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, deterministic: bool = True) -> Array:
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
         h = layers.Attention(
             num_heads=cfg.num_attention_heads,

@@ -235,7 +235,7 @@ class Gemma3Layer(nn.Module):
                  deterministic: bool = True) -> tuple[Array, dict[str, Array] | None]:
         """x [B, T, D], mask [B, 1, T, S] -> (x [B, T, D], the updated layer cache or None)."""
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
 
         def norm(name: str, axis_name: str = axes.EMBED) -> Gemma3RMSNorm:

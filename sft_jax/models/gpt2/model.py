@@ -30,7 +30,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, layers
@@ -134,7 +133,7 @@ class Gpt2Layer(nn.Module):
         deterministic: bool = True,
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
         scale = cfg.head_dim**-0.5 if cfg.scale_attn_weights else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:

@@ -35,7 +35,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, layers
@@ -242,7 +241,7 @@ class LlamaLayer(nn.Module):
         deterministic: bool = True,
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.config
-        kw = {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
+        kw = cfg.dtypes
         init = nn.initializers.normal(cfg.initializer_range)
         h = layers.rms_norm(epsilon=cfg.rms_norm_eps, name="attention_norm", **kw)(x)
         attention = layers.Attention(

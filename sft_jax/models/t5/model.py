@@ -310,10 +310,6 @@ class RelativeBias(nn.Module):
 # ----------------------------------------------------------------------------- blocks
 
 
-def _kw(cfg: T5Config) -> dict[str, Any]:
-    return {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
-
-
 def _dense(
     cfg: T5Config, features: Any, kernel_axes: tuple[str, ...], std: float, name: str, **kw
 ) -> layers.DenseGeneral:
@@ -324,7 +320,7 @@ def _dense(
         kernel_init=nn.initializers.normal(cfg.initializer_factor * std),
         name=name,
         **kw,
-        **_kw(cfg),
+        **cfg.dtypes,
     )
 
 
@@ -416,7 +412,7 @@ class T5Layer(nn.Module):
         cfg = self.config
 
         def norm(name: str) -> nn.RMSNorm:
-            return layers.rms_norm(epsilon=cfg.layer_norm_epsilon, name=name, **_kw(cfg))
+            return layers.rms_norm(epsilon=cfg.layer_norm_epsilon, name=name, **cfg.dtypes)
 
         def residual(x: Array, h: Array) -> Array:
             return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -477,7 +473,7 @@ class T5Stack(nn.Module):
                 x, mask, bias, encoded, cross_mask, deterministic, caches[i], cache_index
             )
             new_layers.append(layer_cache)
-        x = layers.rms_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **_kw(cfg))(x)
+        x = layers.rms_norm(epsilon=cfg.layer_norm_epsilon, name="final_norm", **cfg.dtypes)(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         return x, (None if cache_layers is None else new_layers)
 
@@ -495,7 +491,7 @@ class T5Model(nn.Module):
         cfg = self.config
         init = nn.initializers.normal(cfg.initializer_factor)
         self.embed = layers.embed(
-            cfg.vocab_size, cfg.d_model, row_axis=axes.VOCAB, init=init, **_kw(cfg)
+            cfg.vocab_size, cfg.d_model, row_axis=axes.VOCAB, init=init, **cfg.dtypes
         )
         self.encoder = T5Stack(cfg, is_decoder=False)
         self.decoder = T5Stack(cfg, is_decoder=True)
