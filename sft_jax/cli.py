@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterable
+from typing import NoReturn
 
 # subcommand -> (module with run(), what it does)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -34,6 +35,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 HELP_ARGS = ("-h", "--help", "--helpshort", "help")
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """A command's one-line error: `error: <message>` on stderr, then exit `status`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def wants_help(argv: Iterable[str]) -> bool:
@@ -78,9 +85,8 @@ def run() -> None:
         sys.exit(0)
     name = args[0]
     if name not in SUBCOMMANDS:
-        print(f"error: unknown subcommand {name!r} (known: {', '.join(SUBCOMMANDS)}; "
-              f"see sft-jax --help)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"unknown subcommand {name!r} (known: {', '.join(SUBCOMMANDS)}; see sft-jax "
+             f"--help)")
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sys.argv = [f"sft-jax {name}", *args[1:]]
     status = module.run()

@@ -47,11 +47,6 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 HELP_FLAGS = ("config", "workdir", "model", "print_config", "verbosity", "log_level")
 
 
-def fail(message: str, status: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
 def _abort(message: str, status: int) -> None:
     """One line, then exit at once: orbax's threads may still wait on a failed or
     abandoned save, and an ordinary exit would wait for them."""
@@ -93,23 +88,23 @@ def print_results(results: dict, out_dir: str) -> None:
 def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
     """Runs `command(config, workdir) -> results` with the flags' config and workdir."""
     if len(argv) > 1:
-        fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
-        fail("--config is required, e.g. --config=configs/classification.py")
+        cli.fail("--config is required, e.g. --config=configs/classification.py")
     try:
         config = FLAGS.config
         config.task  # noqa: B018  (a config file that failed to load raises here)
     except OSError as err:
-        fail(f"--config: {' '.join(str(err).split())}")
+        cli.fail(f"--config: {' '.join(str(err).split())}")
     if FLAGS.print_config:
         print(config)
         return
     if not FLAGS.workdir:
-        fail("--workdir is required")
+        cli.fail("--workdir is required")
     try:
         workdir.check(FLAGS.workdir)  # before the slow imports; the run locks it later
     except UserInputError as err:
-        fail(str(err))
+        cli.fail(str(err))
     import jax
 
     from sft_jax import parallel, validate
@@ -122,7 +117,7 @@ def main(argv: list[str], command: Callable[[object, str], dict]) -> None:
         parallel.log_devices()
         results = command(config, FLAGS.workdir)
     except UserInputError as err:
-        fail(str(err))
+        cli.fail(str(err))
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_status)
@@ -155,7 +150,7 @@ def parse_flags(doc: str) -> list[str]:
     except (flags.Error, UserInputError, AttributeError, KeyError, TypeError, ValueError) as exc:
         # absl reports a bad flag as flags.Error; ml_collections raises AttributeError or
         # KeyError for an unknown config key and TypeError/ValueError for a bad value.
-        fail(flag_error(exc, sys.argv))
+        cli.fail(flag_error(exc, sys.argv))
     console.setup(verbosity=FLAGS.verbosity, log_level=FLAGS.log_level)
     return argv
 

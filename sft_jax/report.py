@@ -15,6 +15,7 @@ import sys
 
 from absl import flags
 
+from sft_jax import cli
 from sft_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -23,21 +24,16 @@ flags.DEFINE_string("split", None, "Split of the final results (default: test, e
 flags.DEFINE_boolean("plots", True, "Write the plots under DIR/plots/.")
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        _fail("usage: sft-jax report DIR [--metric=a,b] [--split=test] [--plots=true]")
+        cli.fail("usage: sft-jax report DIR [--metric=a,b] [--split=test] [--plots=true]")
     from sft_jax import reporting
 
     try:
         report = reporting.write_report(argv[1], metrics=FLAGS.metric or None,
                                         split=FLAGS.split, plots=FLAGS.plots)
     except UserInputError as err:
-        _fail(str(err))
+        cli.fail(str(err))
     print(report.markdown)
     print("written:")
     for path in report.paths:
@@ -47,15 +43,13 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Entry point (`sft-jax report`, `python -m sft_jax.report`): flag errors exit with
     status 2."""
-    from sft_jax import cli
-
     if cli.wants_help(sys.argv[1:]):
         print(cli.flags_help(__doc__, ("metric", "split", "plots")))
         sys.exit(0)
     try:
         argv = FLAGS(sys.argv)
     except flags.Error as exc:
-        _fail(" ".join(str(exc).split()))
+        cli.fail(" ".join(str(exc).split()))
     main(argv)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import flags
 
-from sft_jax import storage, sweep_runner, sweeps
+from sft_jax import cli, storage, sweep_runner, sweeps
 from sft_jax.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -37,11 +37,6 @@ flags.DEFINE_string("shard", "0/1", "I/N: run only the runs whose index % N == I
 flags.DEFINE_bool("dry_run", False, "Print the planned runs; train nothing.")
 
 _OVERRIDE = re.compile(r"^--?(no)?config\.")
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def dry_run(plan: sweeps.Plan, workdir: Path, shard: tuple[int, int]) -> None:
@@ -87,8 +82,6 @@ def main(argv: list[str], common: list[str]) -> int:
 def run() -> None:
     """Entry point (`sft-jax sweep`, `python -m sft_jax.sweep`); `--config.KEY=VALUE`
     flags are collected here and passed to every run verbatim."""
-    from sft_jax import cli
-
     if cli.wants_help(sys.argv[1:]):
         print(cli.flags_help(__doc__, ("config", "sweep", "workdir", "parallel", "shard",
                                        "dry_run"),
@@ -98,11 +91,11 @@ def run() -> None:
     try:
         argv = FLAGS([arg for arg in sys.argv if not _OVERRIDE.match(arg)])
     except flags.Error as exc:
-        _fail(" ".join(str(exc).split()))
+        cli.fail(" ".join(str(exc).split()))
     try:
         code = main(argv, common)
     except UserInputError as err:
-        _fail(str(err))
+        cli.fail(str(err))
     sys.exit(code)
 
 
