@@ -8,6 +8,10 @@
   both losses are logged.
 - `final_<split>_<metric>.png`: each group's final mean with its 95% CI (no bar for n < 2)
   and the seeds' values as dots; the best group's point is filled.
+
+For notebooks, `plot_against` draws a metric against one axis of a sweep (e.g. the
+training-set size), one line per value of another (e.g. the control), and `plot_curve`
+takes curves regrouped by any label (`aggregate` of relabelled `runs.curve_rows`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sft_jax import reporting
 from sft_jax import runs as runs_lib
 from sft_jax.errors import UserInputError
 
@@ -139,6 +144,44 @@ def plot_final(out_dir: Path, metric: str, groups: list, best: set[str]) -> Path
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     path = out_dir / _filename("final", split, name)
+    fig.savefig(path)
+    return path
+
+
+def plot_against(path: Path, rows: list[dict[str, Any]], x: str, metric: str, series: str,
+                 *, xlabel: str = "", log_x: bool = False, title: str = "") -> Path:
+    """`path` (a PNG): for each value of the `series` column, the mean of `metric` over the
+    rows at each value of the numeric column `x` (rows: seeds, replicas or folds, e.g.
+    `runs.rows` or a DataFrame's records), with its 95% Student-t CI as error bars (none
+    for n < 2) and every row's value as a dot. Rows with a non-finite value are left out."""
+    points: dict[Any, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        value = row.get(metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            points[row[series]][float(row[x])].append(float(value))
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (name, by_x) in enumerate(points.items()):
+        xs = sorted(by_x)
+        stats = [reporting.describe(by_x[v]) for v in xs]
+        low = [s.mean - s.lo if math.isfinite(s.lo) else 0.0 for s in stats]
+        high = [s.hi - s.mean if math.isfinite(s.hi) else 0.0 for s in stats]
+        color = f"C{i % 10}"
+        ax.errorbar(xs, [s.mean for s in stats], yerr=[low, high], fmt="-o", color=color,
+                    capsize=4, markersize=4, label=str(name))
+        for v in xs:
+            ax.plot([v] * len(by_x[v]), by_x[v], ".", color=color, alpha=0.35)
+    if log_x:
+        ax.set_xscale("log")
+    split, _, name = metric.partition("/")
+    ax.set_title(title or f"{split} {name}: mean and 95% CI; dots: single runs")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(f"{split} {name}" if name else metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
 

@@ -342,3 +342,37 @@ def test_cli_errors(tmp_path, sweep, case):
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert {"missing": "no such directory", "empty": "no run directories",
             "metric": "--metric=bleu"}[case] in done.stderr
+
+
+def test_plot_against_an_axis(tmp_path):
+    """Means and 95% CIs per (series, x) from the rows themselves; non-finite values out."""
+    from matplotlib.figure import Figure
+
+    from sft_jax import report_plots
+
+    drawn = []
+    original = Figure.savefig
+
+    def capture(fig, path, *args, **kwargs):
+        drawn.append(fig.axes[0])
+        return original(fig, path, *args, **kwargs)
+
+    rows = [{"size": size, "control": control, "test/accuracy": value}
+            for size, control, value in [(100, "a", 0.6), (100, "a", 0.7), (100, "a", 0.8),
+                                         (1000, "a", 0.9), (100, "b", 0.5),
+                                         (1000, "b", float("nan"))]]
+    Figure.savefig = capture
+    try:
+        path = report_plots.plot_against(tmp_path / "p" / "x.png", rows, "size",
+                                         "test/accuracy", "control", log_x=True)
+    finally:
+        Figure.savefig = original
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    series = {c.get_label(): c for c in drawn[0].containers}  # errorbar containers
+    assert list(series["a"].lines[0].get_xdata()) == [100.0, 1000.0]
+    assert list(series["a"].lines[0].get_ydata()) == pytest.approx([0.7, 0.9])
+    assert list(series["b"].lines[0].get_xdata()) == [100.0]  # its NaN at 1000 is left out
+    bar = series["a"].lines[2][0].get_segments()[0]  # the 95% CI at x = 100:
+    assert bar[1][1] - 0.7 == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(2)·s/√3
+    assert bar[0][1] - 0.7 == pytest.approx(-4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    assert drawn[0].get_xscale() == "log"

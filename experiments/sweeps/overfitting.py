@@ -15,15 +15,15 @@ Sizes 100 / 500 / 2,000 / all (10,258) training snippets (a stratified subset pe
 - `label-smoothing`: `none` with label smoothing 0.1.
 
 Seeds are `train.replicas=3` (seeds 0, 1, 2 in one compiled program). The validation split
-is evaluated every 30 updates: the learning curves of the notebook. `:tiny` is the same
-grid at the size of `configs/classification.py:runlocal` (for tests), 2 replicas.
+is evaluated every 30 updates: the learning curves of the notebook. `:tiny` is two runs at
+the size of `configs/classification.py:runlocal` (16 and all 64 records, `none` and
+`early-stopping`, 2 replicas): the notebook's code path, for tests.
 Read by notebooks/overfitting.ipynb.
 """
 
 from sft_jax import sweeps
 
 SIZES = [100, 500, 2000, 0]  # 0: the whole training split
-TINY_SIZES = [16, 0]  # of runlocal's 64 records
 
 NO_REGULARISATION = {"model.dropout": 0.0, "optim.weight_decay": 0.0,
                      "train.label_smoothing": 0.0, "train.early_stopping_patience": 0,
@@ -61,7 +61,10 @@ def control_of(overrides: dict) -> str:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    if arg not in (None, "tiny"):
+    if arg == "tiny":
+        return sweeps.product(sweeps.zip_axes(
+            {"data.train_size": [16, 0]}, [CONTROLS["none"], CONTROLS["early-stopping"]]),
+            [TINY])
+    if arg:
         raise ValueError(f"unknown sweep variant {arg!r} (known: tiny)")
-    sizes, common = (TINY_SIZES, TINY) if arg == "tiny" else (SIZES, FULL)
-    return sweeps.product({"data.train_size": sizes}, list(CONTROLS.values()), [common])
+    return sweeps.product({"data.train_size": SIZES}, list(CONTROLS.values()), [FULL])
