@@ -120,6 +120,10 @@ def test_task_reader_applies_folds_then_train_size(tmp_path):
     assert Counter(r["label"] for r in task.records["train"]) == {"a": 7, "b": 3}
     tested = {r["_where"] for r in task.records["test"]}
     assert not tested & {r["_where"] for r in task.records["train"] + task.records["validation"]}
+    config.data.train_size, config.data.train_fraction = 0, 0.5
+    unlabelled = TaskBase(config, tmp_path / "run")  # a task without labels: plain draws
+    unlabelled.read_records()
+    assert [len(unlabelled.records[s]) for s in unlabelled.records] == [22, 3, 3]  # 60-12-5
 
 
 def test_fold_sweep_is_one_group_over_folds(tmp_path):
