@@ -4,10 +4,11 @@ dropout override, chat encoding and packing, token-level loss and perplexity eva
 `TaskBase(config, workdir)` holds `config`, `workdir`, `records` (split -> records, each
 with its place `_where`), `stats` (logged once) and the rows the train loop reads
 (`_train_rows`, `_eval_rows`). A task calls, in its constructor:
-  read_records(check)       data.train / validation / test, cut to data.limit_train /
-                            data.limit_eval, each record passed to `check` (before the
-                            model loads; `check_field` gives the one message for a
-                            missing or mistyped field)
+  read_records(check)       data.train / validation / test (or, under data.folds, the
+                            cross-validation splits of the pool data.train), cut to
+                            data.limit_train / data.limit_eval, each record passed to
+                            `check` (before the model loads; `check_field` gives
+                            the one message for a missing or mistyped field)
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
