@@ -38,6 +38,14 @@ def base_config() -> ml_collections.ConfigDict:
     # taken after limit_train; train_fraction in (0, 1]: the same by fraction (1 = all).
     config.data.train_size = 0
     config.data.train_fraction = 1.0
+    # Cross-validation (sft_jax.data.folds): records keep their own `fold` field, the
+    # others are dealt into folds stratified by label.
+    config.data.update({
+        "folds": 0,  # K >= 2: data.train is the pool of a K-fold cross-validation; 0 = off
+        "fold": 0,  # the held-out fold, 0..K-1: the test split
+        "fold_seed": 0,  # seeds the folds of records without a `fold` field (not `seed`)
+        "cv_validation_fraction": 0.1,  # validation: this share of the other folds (`seed`)
+    })
     # Training-text augmentation (classification only): "" = off | "eda" (EDA, Wei & Zou
     # 2019, sft_jax.data.augment): eda_n_aug new sentences per training record, each by one
     # of synonym replacement, random insertion, random swap (n = max(1, alpha * words)

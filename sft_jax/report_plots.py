@@ -1,13 +1,14 @@
 """The report's plots (PNG, matplotlib's Agg renderer; no pyplot, no global state).
 
 - `curves_<split>_<metric>.png`: the training loss and the periodic-split metrics against
-  the step, one line per group (the mean over its seeds and replicas at each step) and a
-  band from the minimum to the maximum over them.
+  the step, one line per group (the mean over its seeds and replicas, or folds, at each
+  step) and a band from the minimum to the maximum over them.
 - `gap_loss.png`: training and periodic-split loss per group, and their difference
   (validation minus training, the training loss interpolated at the eval steps), when
   both losses are logged.
 - `final_<split>_<metric>.png`: each group's final mean with its 95% CI (no bar for n < 2)
-  and the seeds' values as dots; the best group's point is filled.
+  and the seeds' (or folds') values as dots; the best group's point is filled.
+Titles say what the runs of a group differ by (`over`: `seeds`, `folds`, ...).
 
 For notebooks, `plot_against` draws a metric against one axis of a sweep (e.g. the
 training-set size), one line per value of another (e.g. the control), and `plot_curve`
@@ -82,18 +83,18 @@ def _finish(fig, ax, title: str, ylabel: str, path: Path) -> Path:
 
 
 def plot_curve(out_dir: Path, split: str, metric: str, curves: dict[str, Curve],
-               order: list[str]) -> Path:
+               order: list[str], over: str = "seeds") -> Path:
     """curves_<split>_<metric>.png: one line per group with its min–max band."""
     fig = _figure()
     ax = fig.add_subplot()
     _draw(ax, curves, order)
-    title = f"{split} {metric} (mean over seeds; band: min–max)"
+    title = f"{split} {metric} (mean over {over}; band: min–max)"
     return _finish(fig, ax, title, f"{split} {metric}", out_dir / _filename("curves", split,
                                                                             metric))
 
 
 def plot_gap(out_dir: Path, periodic: str, train: dict[str, Curve], evals: dict[str, Curve],
-             order: list[str]) -> Path:
+             order: list[str], over: str = "seeds") -> Path:
     """gap_loss.png: training (solid) and `periodic` (dashed) loss, and their difference."""
     import numpy as np
 
@@ -101,7 +102,7 @@ def plot_gap(out_dir: Path, periodic: str, train: dict[str, Curve], evals: dict[
     top, bottom = fig.subplots(2, 1, sharex=True)
     _draw(top, train, order, "-", " (train)")
     _draw(top, evals, order, "--", f" ({periodic})")
-    top.set_title(f"training vs {periodic} loss (mean over seeds)")
+    top.set_title(f"training vs {periodic} loss (mean over {over})")
     top.set_ylabel("loss")
     top.grid(alpha=0.3)
     top.legend(fontsize="small")
@@ -115,15 +116,17 @@ def plot_gap(out_dir: Path, periodic: str, train: dict[str, Curve], evals: dict[
                    f"{periodic} loss − training loss", out_dir / "gap_loss.png")
 
 
-def plot_final(out_dir: Path, metric: str, groups: list, best: set[str]) -> Path:
-    """final_<split>_<metric>.png: mean and 95% CI per group, the seeds' values as dots."""
+def plot_final(out_dir: Path, metric: str, groups: list, best: set[str],
+               over: str = "seeds") -> Path:
+    """final_<split>_<metric>.png: mean and 95% CI per group, each run's value as a dot."""
     fig = _figure(max(5.0, 1.2 * len(groups) + 2.5), 4.5)
     ax = fig.add_subplot()
     for x, group in enumerate(groups):
         stats = group.stats[metric]
         values = [r.get(metric, math.nan) for r in group.rows]
         ax.plot([x] * len(values), values, ".", color="grey", alpha=0.6,
-                label="one seed" if x == 0 else None)
+                label=f"one {over[:-1] if over in ('seeds', 'folds') else 'run'}"
+                if x == 0 else None)
         if stats.n == 0:
             continue
         err = None
@@ -138,7 +141,7 @@ def plot_final(out_dir: Path, metric: str, groups: list, best: set[str]) -> Path
                   ha="right" if tilt else "center")
     ax.set_xlim(-0.6, len(groups) - 0.4)
     split, _, name = metric.partition("/")
-    ax.set_title(f"final {split} {name}: mean and 95% CI over seeds")
+    ax.set_title(f"final {split} {name}: mean and 95% CI over {over}")
     ax.set_ylabel(f"{split} {name}")
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -197,7 +200,7 @@ def curve_metrics(runs: list[runs_lib.Run], metrics: list[str]) -> tuple[str, se
 
 
 def write_plots(out_dir: Path, runs: list[runs_lib.Run], groups: list,
-                metrics: list[str]) -> list[Path]:
+                metrics: list[str], over: str = "seeds") -> list[Path]:
     """Every plot of the module docstring that has data; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = aggregate(runs_lib.curve_rows(runs))
@@ -206,15 +209,17 @@ def write_plots(out_dir: Path, runs: list[runs_lib.Run], groups: list,
     periodic, names = curve_metrics(runs, metrics)
     written = []
     if ("train", "loss") in curves:
-        written.append(plot_curve(out_dir, "train", "loss", curves["train", "loss"], order))
+        written.append(plot_curve(out_dir, "train", "loss", curves["train", "loss"], order,
+                                  over))
     for name in sorted(names):
         if (periodic, name) in curves:
-            written.append(plot_curve(out_dir, periodic, name, curves[periodic, name], order))
+            written.append(plot_curve(out_dir, periodic, name, curves[periodic, name], order,
+                                      over))
     if ("train", "loss") in curves and (periodic, "loss") in curves:
         written.append(plot_gap(out_dir, periodic, curves["train", "loss"],
-                                curves[periodic, "loss"], order))
+                                curves[periodic, "loss"], order, over))
     for metric in metrics:
         if any(g.stats[metric].n for g in groups):
             best = {g.label for g in groups if metric in g.best}
-            written.append(plot_final(out_dir, metric, groups, best))
+            written.append(plot_final(out_dir, metric, groups, best, over))
     return written

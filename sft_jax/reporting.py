@@ -1,14 +1,17 @@
-"""Statistics over seeds and the report of a directory of runs (`python -m sft_jax.report`).
+"""Statistics over seeds or folds and the report of a directory of runs
+(`python -m sft_jax.report`).
 
 Rows (`sft_jax.runs.rows`) are grouped by their overrides (the config values that differ
-between the runs, the seed excepted), so the rows of a group are the same setting under
-different seeds (or replicas). For each group and metric, over the group's finished rows
-with a finite value: mean, sample std (ddof=1; NaN for one value), n, and the 95%
-confidence interval of the mean with Student's t, mean ± t.ppf(0.975, n-1) * std / sqrt(n)
-(NaN for n < 2). The best group per metric is the one with the highest mean, or the
-lowest for metrics named like a loss (`loss`, `perplexity`, `ppl`); the runs'
-`checkpoint.best_mode` decides for `checkpoint.best_metric`. Ties are all best; nothing
-is marked when fewer than two groups have a value.
+between the runs, the seed and the cross-validation fold `data.fold` excepted), so the
+rows of a group are the same setting under different seeds (or replicas) or folds: a
+sweep over `data.fold` gives the mean over folds, as cross-validation reports it. For
+each group and metric, over the group's finished rows with a finite value: mean, sample
+std (ddof=1; NaN for one value), n, and the 95% confidence interval of the mean with
+Student's t, mean ± t.ppf(0.975, n-1) * std / sqrt(n) (NaN for n < 2). The best group
+per metric is the one with the highest mean, or the lowest for metrics named like a loss
+(`loss`, `perplexity`, `ppl`); the runs' `checkpoint.best_mode` decides for
+`checkpoint.best_metric`. Ties are all best; nothing is marked when fewer than two
+groups have a value.
 
 `write_report(DIR)` writes DIR/summary.csv (one row per run and replica), DIR/groups.csv
 (the statistics per group), DIR/summary.md (what was read, and the table) and the plots
@@ -277,14 +280,16 @@ def read_lines(runs: list[runs_lib.Run], states: list[dict[str, Any]], n_rows: i
 
 
 def summary_markdown(title: str, read: list[str], split: str, table: str,
-                     modes: dict[str, str]) -> str:
-    """summary.md: title, what was read, the table and how to read it."""
+                     modes: dict[str, str], over: str = "seeds") -> str:
+    """summary.md: title, what was read, the table and how to read it; `over` names
+    what a group's runs differ by (`sft_jax.runs.members`)."""
     lower = sorted(m.partition("/")[2] for m, mode in modes.items() if mode == "min")
     rule = f"highest mean; lowest for {', '.join(lower)}" if lower else "highest mean"
     return "\n".join([
         f"# {title}", "", *read, "",
-        f"## {split}: mean ± std [95% CI of the mean] over seeds", "", table, "",
-        "n: finished runs (seeds, replicas) of the group; std: sample std (ddof=1); "
+        f"## {split}: mean ± std [95% CI of the mean] over {over}", "", table, "",
+        f"n: finished runs ({over.replace(' and ', ', ')}, replicas) of the group; "
+        "std: sample std (ddof=1); "
         "95% CI: mean ± t(0.975, n−1)·std/√n (Student's t); – where undefined (n < 2). "
         f"Bold: the best group per metric ({rule}).", ""])
 
@@ -305,7 +310,8 @@ def write_report(path: str | Path, metrics: Sequence[str] | None = None,
     table = markdown_table(groups, keys, columns) if groups else "No finished runs yet."
     read = read_lines(runs, runs_lib.run_states(root, runs), len(rows))
     title = f"Report: {root.resolve().name}"
-    markdown = summary_markdown(title, read, split, table, modes)
+    over = runs_lib.members(runs)
+    markdown = summary_markdown(title, read, split, table, modes, over)
 
     pd = runs_lib.pandas()
     written = [root / "summary.csv", root / "groups.csv", root / "summary.md"]
@@ -318,7 +324,7 @@ def write_report(path: str | Path, metrics: Sequence[str] | None = None,
 
         with storage.staged_dir(root / "plots") as staged:  # matplotlib writes local files
             written += [root / "plots" / p.name for p in report_plots.write_plots(
-                staged, runs, groups, columns)]
+                staged, runs, groups, columns, over)]
     return Report(split, names, groups, markdown, written)
 
 

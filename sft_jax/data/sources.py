@@ -16,8 +16,9 @@ Spec forms (a PATH may be remote, e.g. `gs://bucket/x.jsonl`: see `sft_jax.stora
   `$TFDS_DATA_DIR`, else tfds' default). Read with `as_data_source` (array_record, no
   TensorFlow needed); only a tfrecord-prepared dataset falls back to `as_dataset`, and only
   when TensorFlow is importable. Nothing is ever downloaded here.
-- `ASSET:SPLIT`, ASSET a corpus in `sft_jax.assets.ASSETS` (e.g. `rotten-tomatoes:test`):
-  fetched into the cache if needed, then its `SPLIT.jsonl` is read.
+- `ASSET:SPLIT`, ASSET a corpus in `sft_jax.assets.ASSETS` (e.g. `rotten-tomatoes:test`,
+  or `mr:all`, the one pool of a cross-validation corpus): fetched into the cache if
+  needed, then its `SPLIT.jsonl` is read.
 """
 
 from __future__ import annotations

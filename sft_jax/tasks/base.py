@@ -4,10 +4,11 @@ dropout override, chat encoding and packing, token-level loss and perplexity eva
 `TaskBase(config, workdir)` holds `config`, `workdir`, `records` (split -> records, each
 with its place `_where`), `stats` (logged once) and the rows the train loop reads
 (`_train_rows`, `_eval_rows`). A task calls, in its constructor:
-  read_records(check)       data.train / validation / test, cut to data.limit_train /
-                            data.limit_eval, each record passed to `check` (before the
-                            model loads; `check_field` gives the one message for a
-                            missing or mistyped field)
+  read_records(check)       data.train / validation / test (or, under data.folds, the
+                            cross-validation splits of the pool data.train), cut to
+                            data.limit_train / data.limit_eval, each record passed to
+                            `check` (before the model loads; `check_field` gives
+                            the one message for a missing or mistyped field)
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
@@ -45,6 +46,7 @@ import optax
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
 from sft_jax.data import chat, packing, sources
+from sft_jax.data.folds import cross_validation, subset_indices
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
 from sft_jax.hf import export as hf_export
@@ -136,31 +138,6 @@ def training_loss(smoothing: float) -> Callable[[jax.Array, jax.Array], jax.Arra
     return functools.partial(smoothed_cross_entropy, smoothing=float(smoothing))
 
 
-def subset_indices(size: int, labels: Sequence[str] | None, count: int, seed: int
-                   ) -> list[int]:
-    """Sorted indices of a random subset of `size` of `count` items (numpy's generator
-    seeded with `seed`). With `labels` (one per item) it is stratified: each label gets
-    its share of `size` by the largest-remainder rule (floor of size·n_label/count, the
-    rest to the largest fractions, ties in label order), drawn at random among its items."""
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        return sorted(int(i) for i in rng.choice(count, size, replace=False))
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(labels):
-        groups.setdefault(name, []).append(i)
-    names = sorted(groups)
-    exact = [size * len(groups[n]) / count for n in names]
-    shares = [int(e) for e in exact]
-    by_remainder = sorted(range(len(names)), key=lambda j: (-(exact[j] - shares[j]), j))
-    for j in by_remainder[: size - sum(shares)]:
-        shares[j] += 1
-    chosen: list[int] = []
-    for name, share in zip(names, shares, strict=True):
-        members = groups[name]
-        chosen.extend(members[int(i)] for i in rng.choice(len(members), share, replace=False))
-    return sorted(chosen)
-
-
 def train_subset(data: ml_collections.ConfigDict, count: int, labels: Sequence[str] | None,
                  seed: int) -> range | list[int]:
     """The kept training records' indices under `data.train_size` (N > 0: N of them) or
@@ -219,23 +196,38 @@ class TaskBase:
                      label: Callable[[dict], str] | None = None) -> None:
         """`records` of every configured split, cut to the data limits, the training split
         then to `data.train_size` / `data.train_fraction` (`train_subset`, stratified by
-        `label(record)` when given); `check(record)` raises on a bad record."""
+        `label(record)` when given); `check(record)` raises on a bad record.
+
+        With `data.folds = K` (cross-validation) `data.train` is the pool (cut to
+        `data.limit_train`), split by `sft_jax.data.folds.cross_validation` into train,
+        validation and test (the held-out fold `data.fold`), stratified by `label`; the
+        two evaluated splits are then cut to `data.limit_eval`, the training part to
+        `data.train_size` / `data.train_fraction` as above."""
         data = self.config.data
+        seed = int(self.config.seed)
+        labels_of = (lambda rs: None) if label is None else (lambda rs: [label(r) for r in rs])
+        records: dict[str, list[dict]] = {}
         for split in SPLITS:
             if not data[split]:
                 continue
             limit = data.limit_train if split == "train" else data.limit_eval
-            records = sources.read_records(data[split], config_key=f"data.{split}",
-                                           data_dir=data.tfds_data_dir or None)
-            records = records[:limit] if limit > 0 else records
+            part = sources.read_records(data[split], config_key=f"data.{split}",
+                                        data_dir=data.tfds_data_dir or None)
+            records[split] = part[:limit] if limit > 0 else part
             if check is not None:
-                for r in records:
+                for r in records[split]:
                     check(r)
-            if split == "train":
-                labels = None if label is None else [label(r) for r in records]
-                records = [records[i] for i in train_subset(data, len(records), labels,
-                                                            int(self.config.seed))]
-            self.records[split] = records
+        if int(data.get("folds", 0)) and "train" in records:
+            pool = records["train"]
+            records = cross_validation(pool, labels_of(pool), data, seed)
+            if data.limit_eval > 0:
+                records.update({s: rs[:data.limit_eval] for s, rs in records.items()
+                                if s != "train"})
+        if "train" in records:
+            train = records["train"]
+            records["train"] = [train[i] for i in train_subset(data, len(train),
+                                                               labels_of(train), seed)]
+        self.records = {split: records[split] for split in SPLITS if split in records}
 
     # Model -------------------------------------------------------------------------------
 
