@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = ""
     config.seed = 0
+    # A short name for the run's setting ("lora-r8"): sweeps name runs and reports name
+    # groups by it, in place of the config values it stands for.
+    config.label = ""
 
     config.model = ml_collections.ConfigDict()
     config.model.checkpoint = ""  # local HF directory or an asset name (sft_jax.assets)

@@ -82,6 +82,7 @@ SKIP_DIRS = frozenset({"checkpoints", "best", "export"})
 NOT_OVERRIDES = frozenset({"seed", "train.replicas", "data.fold"})
 CURVE_SKIP_SPLITS = frozenset({"data", "model", "session"})
 RECORD_KEYS = frozenset({"step", "split", "replica", "final", "params_from"})
+LABEL = "label"  # the config key that names a setting (`shown_keys`)
 _NONFINITE = frozenset({"nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"})
 
 
@@ -248,13 +249,30 @@ def members(runs: list[Run]) -> str:
     return " and ".join(kinds) or "seeds"
 
 
+def shown_keys(configs: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """The keys of `keys` that name a setting among the flat `configs`: all of them, except
+    that a `label` comes first and stands for the keys it determines (those with a single
+    value among the configs of each label)."""
+    if LABEL not in keys:
+        return keys
+    labels = {c.get(LABEL) for c in configs}
+
+    def determined(key: str) -> bool:
+        return all(len({json.dumps(c.get(key), sort_keys=True, default=str)
+                        for c in configs if c.get(LABEL) == label}) == 1 for label in labels)
+
+    return [LABEL, *(k for k in keys if k != LABEL and not determined(k))]
+
+
 def group_label(overrides: dict[str, Any]) -> str:
-    """`learning_rate=0.0001, method=lora` (last key components), or `all runs`."""
+    """`learning_rate=0.0001, method=lora` (last key components; a `label` by its value
+    alone: `lora-r8, train_size=100`), or `all runs`."""
     if not overrides:
         return "all runs"
     short = [k.rsplit(".", 1)[-1] for k in overrides]
     names = short if len(set(short)) == len(short) else list(overrides)
-    return ", ".join(f"{n}={_show(v)}" for n, v in zip(names, overrides.values(), strict=True))
+    return ", ".join(_show(v) if k == LABEL else f"{n}={_show(v)}"
+                     for k, n, v in zip(overrides, names, overrides.values(), strict=True))
 
 
 def _show(value: Any) -> str:
@@ -335,10 +353,14 @@ def _model_info(records: list[dict[str, Any]]) -> dict[str, float]:
     return {k: last.get(k, math.nan) for k in ("params", "trained_params")}
 
 
-def _label(run: Run, runs: list[Run], keys: list[str]) -> str:
-    """The run's group label; a lone run is named by itself."""
-    flat = flatten(run.config)
-    return run.name if len(runs) == 1 else group_label({k: flat.get(k) for k in keys})
+def _labels(runs: list[Run], keys: list[str]) -> list[str]:
+    """Each run's group label (`group_label` of its `shown_keys`); a lone run is named by
+    itself."""
+    if len(runs) == 1:
+        return [runs[0].name]
+    flats = [flatten(run.config) for run in runs]
+    shown = shown_keys(flats, keys)
+    return [group_label({k: flat.get(k) for k in shown}) for flat in flats]
 
 
 def run_rows(run: Run, keys: list[str], label: str) -> list[dict[str, Any]]:
@@ -369,7 +391,8 @@ def run_rows(run: Run, keys: list[str], label: str) -> list[dict[str, Any]]:
 def rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One plain dict per (run, replica), the columns of the module docstring."""
     keys = override_keys(runs)
-    return [row for run in runs for row in run_rows(run, keys, _label(run, runs, keys))]
+    return [row for run, label in zip(runs, _labels(runs, keys), strict=True)
+            for row in run_rows(run, keys, label)]
 
 
 def curve_rows(runs: list[Run]) -> list[dict[str, Any]]:
@@ -377,8 +400,7 @@ def curve_rows(runs: list[Run]) -> list[dict[str, Any]]:
     (non-final) eval record: run, replica, seed, group, split, step, metric, value."""
     keys = override_keys(runs)
     out = []
-    for run in runs:
-        label = _label(run, runs, keys)
+    for run, label in zip(runs, _labels(runs, keys), strict=True):
         for replica in range(run.replicas):
             for record in latest_records(run.records, replica):
                 if record["split"] in CURVE_SKIP_SPLITS or record.get("final"):

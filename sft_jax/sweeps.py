@@ -37,6 +37,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from sft_jax import runs as runs_lib
 from sft_jax.errors import UserInputError, flag_error
 
 Overrides = dict[str, Any]
@@ -220,15 +221,17 @@ def run_name(overrides: Mapping[str, Any], keys: Sequence[str] | None = None) ->
     of `keys`; keys missing from `overrides` are left out, none at all gives `default`.
 
     A key shows as its last component (`learning_rate`) unless another of `keys` shares it,
-    then in full (`train.batch_size`). Floats are `repr` (`5e-05`), sequences `a+b`; any
-    character outside `[A-Za-z0-9._=,+-]` becomes `_`; names over 120 characters are cut
-    and end with a hash of the whole.
+    then in full (`train.batch_size`); a `label` shows as its value. Floats are `repr`
+    (`5e-05`), sequences `a+b`; any character outside `[A-Za-z0-9._=,+-]` becomes `_`;
+    names over 120 characters are cut and end with a hash of the whole.
     """
     keys = list(overrides) if keys is None else list(keys)
     last = [key.rsplit(".", 1)[-1] for key in keys]
     labels = {key: key if last.count(short) > 1 else short for key, short in zip(keys, last,
                                                                                  strict=True)}
-    parts = [f"{labels[key]}={_name_value(overrides[key])}" for key in keys if key in overrides]
+    parts = [_name_value(overrides[key]) if key == runs_lib.LABEL
+             else f"{labels[key]}={_name_value(overrides[key])}"
+             for key in keys if key in overrides]
     name = _UNSAFE.sub("_", ",".join(parts)) or "default"
     if len(name) > _MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -245,12 +248,14 @@ def _name_value(value: Any) -> str:
 def run_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """One name per run (`run_name`) from the keys whose values differ between runs (a key
     set in some runs only counts as differing), in order of first appearance; a sweep of
-    one run names all its keys. Two runs with one name are a UserInputError."""
+    one run names all its keys. A `label` stands for the keys it determines
+    (`runs.shown_keys`). Two runs with one name are a UserInputError."""
     keys: list[str] = []
     for run in runs:
         keys += [key for key in run if key not in keys]
     if len(runs) > 1:
         keys = [key for key in keys if len({_key_value(run, key) for run in runs}) > 1]
+        keys = runs_lib.shown_keys([dict(run) for run in runs], keys)
     names = [run_name(run, keys) for run in runs]
     first: dict[str, int] = {}
     for index, name in enumerate(names):

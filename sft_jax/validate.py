@@ -122,6 +122,7 @@ DROPOUT = Rule("float", lambda v: v < 1, "< 1 (negative: the checkpoint's own ra
 RULES: dict[str, Rule] = {
     "task": one_of(sorted(tasks.TASKS)),
     "seed": Rule("int"),
+    "label": Rule("str"),
     # model
     "model.checkpoint": Rule("str"),
     "model.dtype": Rule("str", lambda v: _passes(canonical_dtype, v),

@@ -376,3 +376,19 @@ def test_plot_against_an_axis(tmp_path):
     assert bar[1][1] - 0.7 == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)  # t(2)·s/√3
     assert bar[0][1] - 0.7 == pytest.approx(-4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
     assert drawn[0].get_xscale() == "log"
+
+
+def test_a_label_names_the_groups_it_stands_for(tmp_path):
+    """`label` replaces the keys it determines in group labels; keys that vary within a
+    label (the training size here) still show."""
+    settings = [("full", {"method": "none"}, 1e-4), ("lora-r8", {"method": "lora"}, 5e-4)]
+    for label, peft, lr in settings:
+        for size in (100, 0):
+            config = make_config(lr, 0, peft=peft, data={"train_size": size})
+            write_run(tmp_path / f"{label}-{size}", {**config, "label": label},
+                      [outcome(lr, 0)])
+    groups = sorted(set(runs.load(tmp_path)["group"]))
+    assert groups == ["full, train_size=0", "full, train_size=100",
+                      "lora-r8, train_size=0", "lora-r8, train_size=100"]
+    curve_groups = {row["group"] for row in runs.curve_rows(runs.read_runs(tmp_path))}
+    assert curve_groups == set(groups)

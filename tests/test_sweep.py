@@ -111,6 +111,12 @@ def test_run_names():
     assert len(sweeps.run_name({"model.checkpoint": "x" * 500})) <= 120
     with pytest.raises(UserInputError, match="both named 'checkpoint=a_b'"):
         sweeps.run_names([{"model.checkpoint": "a/b"}, {"model.checkpoint": "a b"}])
+    # A label stands for the keys it determines; the others still show.
+    full = {"label": "full", "peft.method": "none", "optim.learning_rate": 1e-4}
+    lora = {"label": "lora", "peft.method": "lora", "optim.learning_rate": 5e-4}
+    runs = sweeps.product([full, lora], {"data.train_size": [100, 0]})
+    assert sweeps.run_names(runs) == ["full,train_size=100", "full,train_size=0",
+                                      "lora,train_size=100", "lora,train_size=0"]
 
 
 def test_values_read_back_through_the_cli_parser():

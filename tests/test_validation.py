@@ -21,6 +21,7 @@ CONFIGS = [("classification", "runlocal"), ("classification", "lora"), ("dialogu
 BAD_VALUES = {
     "task": ("regression", "one of 'classification'"),
     "seed": (1.5, "an integer"),
+    "label": (3, "a string, got int 3"),
     "model.checkpoint": (3, "a string, got int 3"),
     "model.dtype": ("int8", "floating-point dtype"),
     "model.dropout": (1.0, "< 1"),
