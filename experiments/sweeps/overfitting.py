@@ -14,10 +14,11 @@ Sizes 100 / 500 / 2,000 / all (10,258) training snippets (a stratified subset pe
   accuracy, evaluated with the params of its best one;
 - `label-smoothing`: `none` with label smoothing 0.1.
 
-Seeds are `train.replicas=3` (seeds 0, 1, 2 in one compiled program). The validation split
-is evaluated every 30 updates: the learning curves of the notebook. `:tiny` is two runs at
-the size of `configs/classification.py:runlocal` (16 and all 64 records, `none` and
-`early-stopping`, 2 replicas): the notebook's code path, for tests.
+Each run's `label` is its control. Seeds are `train.replicas=3` (seeds 0, 1, 2 in one
+compiled program). The validation split is evaluated every 30 updates: the learning curves
+of the notebook. `:tiny` is two runs at the size of `configs/classification.py:runlocal`
+(16 and all 64 records, `none` and `early-stopping`, 2 replicas): the notebook's code
+path, for tests.
 Read by notebooks/overfitting.ipynb.
 """
 
@@ -52,19 +53,15 @@ TINY = {"train.replicas": 2, "checkpoint.export": False, "eval.write_predictions
         "train.progress_bar": False}
 
 
-def control_of(overrides: dict) -> str:
-    """The name of the control a run's overrides set (the notebook's grouping)."""
-    for name, keys in CONTROLS.items():
-        if all(overrides.get(key) == value for key, value in keys.items()):
-            return name
-    raise ValueError(f"no control matches {overrides}")
-
-
 def get_sweep(arg: str | None = None) -> list[dict]:
     if arg == "tiny":
         return sweeps.product(sweeps.zip_axes(
-            {"data.train_size": [16, 0]}, [CONTROLS["none"], CONTROLS["early-stopping"]]),
-            [TINY])
+            {"data.train_size": [16, 0]}, labelled(["none", "early-stopping"])), [TINY])
     if arg:
         raise ValueError(f"unknown sweep variant {arg!r} (known: tiny)")
-    return sweeps.product({"data.train_size": SIZES}, list(CONTROLS.values()), [FULL])
+    return sweeps.product({"data.train_size": SIZES}, labelled(CONTROLS), [FULL])
+
+
+def labelled(names) -> list[dict]:
+    """The controls `names`, each with its name as the run's `label`."""
+    return [{"label": name, **CONTROLS[name]} for name in names]
