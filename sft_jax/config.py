@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     # taken after limit_train; train_fraction in (0, 1]: the same by fraction (1 = all).
     config.data.train_size = 0
     config.data.train_fraction = 1.0
-    # Training-text augmentation (classification only): "" = off | "eda" (EDA, Wei & Zou
+    # Training-text augmentation (classification, linear): "" = off | "eda" (EDA, Wei & Zou
     # 2019, sft_jax.data.augment): eda_n_aug new sentences per training record, each by one
     # of synonym replacement, random insertion, random swap (n = max(1, alpha * words)
     # changes) and random deletion (each word with probability alpha); alpha 0 = not used.

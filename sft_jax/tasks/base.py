@@ -8,6 +8,7 @@ with its place `_where`), `stats` (logged once) and the rows the train loop read
                             data.limit_eval, each record passed to `check` (before the
                             model loads; `check_field` gives the one message for a
                             missing or mistyped field)
+  augment_training()        data.augment (EDA) applied to the training records
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
@@ -44,7 +45,7 @@ import optax
 
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
-from sft_jax.data import chat, packing, sources
+from sft_jax.data import augment, chat, packing, sources
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
 from sft_jax.hf import export as hf_export
@@ -236,6 +237,14 @@ class TaskBase:
                 records = [records[i] for i in train_subset(data, len(records), labels,
                                                             int(self.config.seed))]
             self.records[split] = records
+
+    def augment_training(self) -> None:
+        """The training records with `data.augment` applied (`data.augment.augment_records`,
+        seeded by `seed`); nothing without `data.augment` or a training split."""
+        data = self.config.data
+        if data.augment and "train" in self.records:
+            self.records["train"] = augment.augment_records(self.records["train"], data,
+                                                            int(self.config.seed))
 
     # Model -------------------------------------------------------------------------------
 
