@@ -180,7 +180,7 @@ RULES: dict[str, Rule] = {
     "linear.lowercase": Rule("bool"),
     "linear.sublinear_tf": Rule("bool"),
     "linear.C": POSITIVE,
-    "linear.c_grid": Rule("floats", lambda v: all(c > 0 for c in v), "() or numbers > 0"),
+    "linear.c_grid": Rule("floats", lambda v: all(c > 0 for c in v), "() or positive numbers"),
     "linear.alpha": POSITIVE,
     "linear.beta": within(0, 1),
     "linear.max_iter": at_least(1),
