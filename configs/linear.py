@@ -7,7 +7,7 @@ regression, C chosen on validation accuracy over `linear.c_grid` (Rotten Tomatoe
     sft-jax train --config=configs/linear.py:nbsvm --workdir=/tmp/rt-nbsvm
     sft-jax train --config=configs/linear.py:mnb --workdir=/tmp/rt-mnb
     sft-jax train --config=configs/linear.py:runlocal --workdir=/tmp/rt-tiny
-    sft-jax sweep --config=configs/linear.py:nbsvm \
+    python -m sft_jax.sweep --config=configs/linear.py:nbsvm \
         --sweep=experiments/reproductions/nbsvm_mr.py --workdir=/tmp/nbsvm-mr
 
 `arg` is a comma-separated list of variants:

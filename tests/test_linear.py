@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, load_config
 
+import sft_jax
 from sft_jax import reporting, runs, tasks, validate
 from sft_jax.data import augment
 from sft_jax.errors import UserInputError
@@ -160,6 +161,8 @@ def test_bad_input_is_one_line(corpus, tmp_path):
         train_and_evaluate(_config(None, bad), tmp_path / "run")
     with pytest.raises(UserInputError, match=r"^task: 'linear' has no network"):
         tasks.get_task(_config(None, corpus), tmp_path / "eval")
+    with pytest.raises(UserInputError, match=r"^task: 'linear' has no network"):
+        sft_jax.evaluate(_config(None, corpus), tmp_path / "eval")
 
 
 def test_reproduce_all_tiny_runs_and_reports(tmp_path):

@@ -44,6 +44,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return getattr(importlib.import_module(module_name), function)(config, workdir)
 
 
+def check_loop_task(name: str) -> None:
+    """A UserInputError for a task in `FITTED`: it has no network to evaluate or to train
+    step by step."""
+    if name in FITTED:
+        raise UserInputError(f"task: {name!r} has no network to evaluate or train step by "
+                             f"step; `sft-jax train` fits and evaluates it")
+
+
 class Task(Protocol):
     module: nn.Module
     pad_values: Mapping[str, int]  # pad value of each [B, L] feature
@@ -90,9 +98,7 @@ class Task(Protocol):
 
 
 def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
-    if config.task in FITTED:
-        raise UserInputError(f"task: {config.task!r} has no network to evaluate or train "
-                             f"step by step; `sft-jax train` fits and evaluates it")
+    check_loop_task(config.task)
     if config.task not in TASKS:
         raise UserInputError(f"task: unknown task {config.task!r} (known: {sorted(TASKS)})")
     module_name, class_name = TASKS[config.task].split(":")
