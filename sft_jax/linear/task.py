@@ -50,11 +50,10 @@ from sft_jax import workdir as workdir_lib
 from sft_jax.errors import UserInputError
 from sft_jax.linear import models
 from sft_jax.tasks.base import TaskBase, check_field
+from sft_jax.tasks.classification import LABEL_TYPES
 from sft_jax.writers import MetricWriter, to_json
 
 log = logging.getLogger(__name__)
-
-LABEL_TYPES = (str, int, bool)  # as the classification task's labels
 
 
 class LinearTask(TaskBase):
