@@ -27,6 +27,10 @@ How to add a task:
   3. One config file `configs/<name>.py` (`get_config(arg)`, a `:runlocal` variant);
      new keys get their defaults next to the code that reads them (`sft_jax.config`).
   4. A head in `sft_jax/models/heads.py` only if no existing module fits.
+A task with no network to train step by step (the linear baselines, `sft_jax.linear`)
+subclasses `TaskBase` for its records only, and names its `train_and_evaluate(config,
+workdir)` in `sft_jax.tasks.FITTED` instead of step 2; it writes the run files the train
+loop writes (`sft_jax.runs`).
 """
 
 from __future__ import annotations
