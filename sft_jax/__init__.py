@@ -52,11 +52,11 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     evaluates and exports, as `sft-jax train` does; returns the final results by split
     (results.json). The console shows what `sft-jax train` shows (unless the program set
     up logging itself); `workdir/log.txt` gets the run's log."""
-    from sft_jax import console, trainer, validate
+    from sft_jax import console, tasks, validate
 
     validate.check_config(config)  # a refused config leaves no trace in the workdir
     with console.session(workdir):
-        return trainer.train_and_evaluate(config, workdir)
+        return tasks.train_and_evaluate(config, workdir)
 
 
 def evaluate(config, workdir: str | Path, model: str | Path | None = None) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
         "fold_seed": 0,  # seeds the folds of records without a `fold` field (not `seed`)
         "cv_validation_fraction": 0.1,  # validation: this share of the other folds (`seed`)
     })
-    # Training-text augmentation (classification only): "" = off | "eda" (EDA, Wei & Zou
+    # Training-text augmentation (classification, linear): "" = off | "eda" (EDA, Wei & Zou
     # 2019, sft_jax.data.augment): eda_n_aug new sentences per training record, each by one
     # of synonym replacement, random insertion, random swap (n = max(1, alpha * words)
     # changes) and random deletion (each word with probability alpha); alpha 0 = not used.

@@ -66,8 +66,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluates `model` (see the module docstring; None: `config.model.checkpoint`) on
     the config's splits into `workdir`; returns the results by split (results.json)."""
-    from sft_jax import trainer
+    from sft_jax import tasks, trainer
 
+    tasks.check_loop_task(config.task)
     workdir = storage.path(workdir)
     if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
         raise UserInputError(f"{workdir}: holds a training run's checkpoints; evaluate into "

@@ -156,9 +156,10 @@ def parse_flags(doc: str) -> list[str]:
 
 
 def train(config, out_dir: str) -> dict:
-    from sft_jax import trainer
+    """The train loop, or the fit of a task that has none (`sft_jax.tasks.FITTED`)."""
+    from sft_jax import tasks
 
-    return trainer.train_and_evaluate(config, out_dir)
+    return tasks.train_and_evaluate(config, out_dir)
 
 
 def run() -> None:

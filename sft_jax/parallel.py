@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Calls `jax.distributed.initialize` when the config asks for several processes."""
-    dist = config.distributed
+    """Calls `jax.distributed.initialize` when the config asks for several processes (a
+    config without a `distributed` section runs in one)."""
+    dist = config.get("distributed")
+    if dist is None:
+        return
     if dist.coordinator_address:
         if dist.num_processes < 1 or dist.process_id < 0:
             raise UserInputError(

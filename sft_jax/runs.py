@@ -34,7 +34,9 @@ The file formats (what `sft_jax.main` writes; this docstring is their reference)
     read as NaN. Train records also hold `nonfinite_steps`, the steps since the previous
     train record whose loss, gradient norm or updated params' norm was not finite (under
     `train.on_nonfinite=skip`, updates not applied); the `session` record holds the
-    session's total. A line that is not JSON (a crash mid-write) is skipped.
+    session's total. A line that is not JSON (a crash mid-write) is skipped. A run of a
+    task fitted without the train loop (`task=linear`, `sft_jax.linear`) has no train
+    records and writes every record at step 0 (its `model` record also holds `C`).
 
 `RUN/results.json`
     Final metrics by split: `{"validation": {"accuracy": 0.81, ..., "params_from":

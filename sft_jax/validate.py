@@ -25,6 +25,7 @@ from sft_jax.data.augment import AUGMENTS
 from sft_jax.data.chat import LOSS_ON
 from sft_jax.data.seq2seq import check_template
 from sft_jax.errors import UserInputError
+from sft_jax.linear.models import CLASSIFIERS, FEATURES
 from sft_jax.models.common import REMAT_POLICIES, canonical_dtype
 from sft_jax.models.heads import POOLINGS
 from sft_jax.peft.plan import METHODS
@@ -37,8 +38,8 @@ TOKENIZER_KINDS = ("unigram", "bpe")
 
 @dataclass(frozen=True)
 class Rule:
-    """`kind`: int | float (finite; ints accepted) | bool | str | strs / ints (a tuple or
-    list of them) | dict (a ConfigDict, not looked into) | rules (mesh rules); `ok` tests
+    """`kind`: int | float (finite; ints accepted) | bool | str | strs / ints / floats (a
+    tuple or list of them) | dict (a ConfigDict, not looked into) | rules (mesh rules); `ok` tests
     a value of that kind, `expect` says what it wants."""
 
     kind: str
@@ -54,6 +55,9 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "strs": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
              and all(isinstance(x, str) for x in v), "a list of strings"),
+    "floats": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
+               and all(isinstance(x, int | float) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in v), "a list of finite numbers"),
     "ints": (lambda v: isinstance(v, Sequence) and not isinstance(v, str)
              and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
              "a list of integers"),
@@ -118,9 +122,10 @@ BUCKETS = Rule("ints", lambda v: all(b > 0 for b in v) and list(v) == sorted(set
                "() or positive, strictly increasing lengths")
 MESH_AXIS = Rule("int", lambda v: v == -1 or v >= 1, "-1 (the rest) or >= 1")
 DROPOUT = Rule("float", lambda v: v < 1, "< 1 (negative: the checkpoint's own rates)")
+POSITIVE = Rule("float", lambda v: v > 0, "> 0")
 
 RULES: dict[str, Rule] = {
-    "task": one_of(sorted(tasks.TASKS)),
+    "task": one_of(sorted([*tasks.TASKS, *tasks.FITTED])),
     "seed": Rule("int"),
     "label": Rule("str"),
     # model
@@ -171,6 +176,19 @@ RULES: dict[str, Rule] = {
     "data.target_buckets": BUCKETS,
     "data.vocab_size": at_least(1),
     "data.tokenizer_kind": one_of(TOKENIZER_KINDS),
+    # linear (sft_jax.linear)
+    "linear.features": one_of(FEATURES),
+    "linear.classifier": one_of(CLASSIFIERS),
+    "linear.ngram_max": at_least(1),
+    "linear.token_pattern": Rule("str", lambda v: bool(v) and _passes(re.compile, v),
+                                 "a non-empty valid regular expression"),
+    "linear.lowercase": Rule("bool"),
+    "linear.sublinear_tf": Rule("bool"),
+    "linear.C": POSITIVE,
+    "linear.c_grid": Rule("floats", lambda v: all(c > 0 for c in v), "() or positive numbers"),
+    "linear.alpha": POSITIVE,
+    "linear.beta": within(0, 1),
+    "linear.max_iter": at_least(1),
     # optim
     "optim.learning_rate": at_least(0, "float"),
     "optim.schedule": one_of(SCHEDULES),
@@ -266,8 +284,9 @@ CROSS: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
     (("data.test", "data.folds"), lambda split, folds: not split or not folds,
      "data.test empty when data.folds > 0 (the held-out fold is the test split)"),
     (("data.augment", "task"),
-     lambda augment, task: not augment or task == "classification",
-     "task 'classification' (training-text augmentation is for classification only)"),
+     lambda augment, task: not augment or task in ("classification", "linear"),
+     "task 'classification' or 'linear' (training-text augmentation is for classifiers "
+     "only)"),
     (("data.augment", "data.eda_n_aug", "data.eda_alpha_sr", "data.eda_alpha_ri",
       "data.eda_alpha_rs", "data.eda_alpha_rd"),
      lambda augment, n_aug, *alphas: augment != "eda" or not n_aug or any(alphas),

@@ -5,7 +5,8 @@ Only process 0 writes. Each logged event is one JSON object per line of
 (plus `"replica": k` in runs with `train.replicas` > 1); a remote workdir's (gs://...) is
 rewritten whole at each record (`sft_jax.storage`). Every JSON file the run writes
 is strict JSON: a non-finite number (NaN, +-inf) is written as `null` (`to_json`).
-Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`.
+Scalars also go to TensorBoard (`workdir/tensorboard/`) as `<split>/<metric>`, unless the writer
+is made with `tensorboard=False`.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ def to_json(value: Any, **kwargs) -> str:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+        """`tensorboard=False`: metrics.jsonl only (a run with nothing to plot over steps)."""
         self.enabled = jax.process_index() == 0
         self.path = storage.path(workdir) / "metrics.jsonl"
         self._tb = self._lines = None
         if self.enabled:
             self._lines = storage.AppendLines(self.path)  # a remote one: read once, here
-            self._tb = storage.tensorboard_writer(storage.path(workdir) / "tensorboard")
+            if tensorboard:
+                self._tb = storage.tensorboard_writer(storage.path(workdir) / "tensorboard")
 
     def write(self, step: int, split: str, metrics: dict, replica: int | None = None) -> None:
         """One record; `replica` (runs with `train.replicas` > 1) is added to it as
@@ -63,6 +66,8 @@ class MetricWriter:
             record["replica"] = int(replica)
             suffix = f"/replica-{replica}"
         self._lines.append(to_json(record) + "\n")
+        if self._tb is None:
+            return
         for name, value in metrics.items():
             if np.ndim(value) == 0 and isinstance(record[name], int | float):
                 self._tb.add_scalar(f"{split}/{name}{suffix}", float(value), int(step))

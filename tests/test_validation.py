@@ -15,7 +15,8 @@ from test_cli_errors import assert_user_error, run_cli, write_lines
 tiny = test_cli_errors.tiny  # the fixture: overrides for the tiny BERT and corpus
 
 CONFIGS = [("classification", "runlocal"), ("classification", "lora"), ("dialogue", None),
-           ("translation", None), ("translation", "decoder"), ("summarization", "t5")]
+           ("translation", None), ("translation", "decoder"), ("summarization", "t5"),
+           ("linear", None)]
 
 # key -> (a value its rule refuses, a fragment of the message). Every rule has a row.
 BAD_VALUES = {
@@ -122,6 +123,17 @@ BAD_VALUES = {
     "mesh.rules": ((("batch",),), "pairs"),
     "checkpoint.every": (-1, ">= 0"),
     "checkpoint.keep": (0, ">= 1"),
+    "linear.features": ("tf", "'tfidf', 'binary', 'counts'"),
+    "linear.classifier": ("svm", "'logreg', 'mnb', 'nbsvm'"),
+    "linear.ngram_max": (0, ">= 1"),
+    "linear.token_pattern": ("(", "valid regular expression"),
+    "linear.lowercase": ("yes", "true or false"),
+    "linear.sublinear_tf": (1, "true or false"),
+    "linear.C": (0.0, "> 0"),
+    "linear.c_grid": ((1.0, -2.0), "() or positive numbers"),
+    "linear.alpha": (-1.0, "> 0"),
+    "linear.beta": (1.5, "in [0, 1]"),
+    "linear.max_iter": (0, ">= 1"),
     "checkpoint.best_metric": (None, "a string"),
     "checkpoint.best_mode": ("maximum", "'max', 'min'"),
     "checkpoint.use_best_for_final": (0, "true or false"),

@@ -29,6 +29,28 @@ TASKS = {
     "seq2seq": "sft_jax.tasks.seq2seq:seq2seq_task",
 }
 
+# Tasks fitted without the train loop (no network): name -> "module:function" taking
+# (config, workdir) and returning the results by split, run by `sft-jax train`.
+FITTED = {
+    "linear": "sft_jax.linear.task:train_and_evaluate",
+}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Runs `config`: the fit of its task when it is in `FITTED`, else the train loop
+    (`sft_jax.trainer.train_and_evaluate`); returns the results by split."""
+    target = FITTED.get(config.task, "sft_jax.trainer:train_and_evaluate")
+    module_name, function = target.split(":")
+    return getattr(importlib.import_module(module_name), function)(config, workdir)
+
+
+def check_loop_task(name: str) -> None:
+    """A UserInputError for a task in `FITTED`: it has no network to evaluate or to train
+    step by step."""
+    if name in FITTED:
+        raise UserInputError(f"task: {name!r} has no network to evaluate or train step by "
+                             f"step; `sft-jax train` fits and evaluates it")
+
 
 class Task(Protocol):
     module: nn.Module
@@ -76,6 +98,7 @@ class Task(Protocol):
 
 
 def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
+    check_loop_task(config.task)
     if config.task not in TASKS:
         raise UserInputError(f"task: unknown task {config.task!r} (known: {sorted(TASKS)})")
     module_name, class_name = TASKS[config.task].split(":")

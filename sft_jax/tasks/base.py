@@ -9,6 +9,7 @@ with its place `_where`), `stats` (logged once) and the rows the train loop read
                             data.limit_train / data.limit_eval, each record passed to
                             `check` (before the model loads; `check_field` gives
                             the one message for a missing or mistyped field)
+  augment_training()        data.augment (EDA) applied to the training records
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
@@ -27,6 +28,10 @@ How to add a task:
   3. One config file `configs/<name>.py` (`get_config(arg)`, a `:runlocal` variant);
      new keys get their defaults next to the code that reads them (`sft_jax.config`).
   4. A head in `sft_jax/models/heads.py` only if no existing module fits.
+A task with no network to train step by step (the linear baselines, `sft_jax.linear`)
+subclasses `TaskBase` for its records only, and names its `train_and_evaluate(config,
+workdir)` in `sft_jax.tasks.FITTED` instead of step 2; it writes the run files the train
+loop writes (`sft_jax.runs`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import optax
 
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
-from sft_jax.data import chat, packing, sources
+from sft_jax.data import augment, chat, packing, sources
 from sft_jax.data.folds import cross_validation, subset_indices
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
@@ -228,6 +233,14 @@ class TaskBase:
             records["train"] = [train[i] for i in train_subset(data, len(train),
                                                                labels_of(train), seed)]
         self.records = {split: records[split] for split in SPLITS if split in records}
+
+    def augment_training(self) -> None:
+        """The training records with `data.augment` applied (`data.augment.augment_records`,
+        seeded by `seed`); nothing without `data.augment` or a training split."""
+        data = self.config.data
+        if data.augment and "train" in self.records:
+            self.records["train"] = augment.augment_records(self.records["train"], data,
+                                                            int(self.config.seed))
 
     # Model -------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ import optax
 
 from sft_jax import metrics as metrics_lib
 from sft_jax import storage
-from sft_jax.data import augment
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
 from sft_jax.tasks.base import TaskBase, check_field, training_loss
@@ -40,9 +39,7 @@ class ClassificationTask(TaskBase):
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         # bad records stop the run before the model loads; train_size keeps label shares
         self.read_records(self._check_fields, label=self._label_key)
-        if data.augment and "train" in self.records:  # the training split only, seeded
-            self.records["train"] = augment.augment_records(self.records["train"], data,
-                                                            int(config.seed))
+        self.augment_training()  # the training split only, seeded
         self.use_checkpoint()
 
         self.label_names = self._label_vocabulary(self.workdir)
