@@ -57,9 +57,8 @@ def load(name: str) -> ModuleType:
 
 
 def tiny_data(workdir: Path, records: int = 40) -> list[str]:
-    """Writes the --tiny corpus under `workdir` (a pool with a `fold` field for
-    cross-validation, else train/validation/test files); returns the common
-    `--config.data.*` flags that point the runs at it."""
+    """Writes the --tiny corpus under `workdir` (a pool with a `fold` field, 0 or 1);
+    returns the common `--config.data.train` flag that points the runs at it."""
     rng = random.Random(0)
     labels = sorted(_CUES)
 
@@ -72,19 +71,9 @@ def tiny_data(workdir: Path, records: int = 40) -> list[str]:
         return {"text": " ".join(words), "label": label, "fold": i // 2 % 2}
 
     workdir.mkdir(parents=True, exist_ok=True)
-    pool = [record(i) for i in range(records)]
-    if reproductions.has_folds():
-        path = workdir / "pool.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in pool))
-        files = {"train": path, "validation": "", "test": ""}
-    else:
-        cut = {"train": pool[:records // 2], "validation": pool[records // 2:records * 3 // 4],
-               "test": pool[records * 3 // 4:]}
-        files = {}
-        for split, rows in cut.items():
-            files[split] = workdir / f"{split}.jsonl"
-            files[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return [f"--config.data.{split}={path}" for split, path in files.items()]
+    path = workdir / "pool.jsonl"
+    path.write_text("".join(json.dumps(record(i)) + "\n" for i in range(records)))
+    return [f"--config.data.train={path}"]
 
 
 def run_entry(name: str, workdir: Path, *, tiny: bool, common: list[str], parallel: int

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sft_jax import config as config_lib
 from sft_jax import sweeps
 
 TINY = "tiny"
@@ -53,11 +52,11 @@ class Reproduction:
     @property
     def protocol(self) -> str:
         return (f"{self.folds}-fold cross-validation on `{self.pool}` (the asset's folds): "
-                f"{self.method}, fitted on the other {self.folds - 1} folds; {self.metric} "
-                f"of each held-out fold, mean over the folds")
+                f"{self.method}, fitted on the other {self.folds - 1} folds (no validation "
+                f"split); {self.metric} of each held-out fold, mean over the folds")
 
     def get_sweep(self, arg: str | None = None) -> list[dict]:
-        """The runs (`cross_validation`), or `tiny_runs` for `tiny`."""
+        """The runs (`cross_validation(pool, folds)`), or `tiny_runs` for `tiny`."""
         if arg == TINY:
             return tiny_runs()
         if arg:
@@ -65,23 +64,14 @@ class Reproduction:
         return cross_validation(self.pool, self.folds)
 
 
-def has_folds() -> bool:
-    """Whether the shared data layer has the cross-validation keys `data.folds` and
-    `data.fold` (the held-out fold is the test split)."""
-    return "folds" in config_lib.base_config().data
-
-
 def cross_validation(pool: str, folds: int) -> list[dict]:
-    """The runs of k-fold cross-validation on `pool` (an `ASSET:all` pool): fold k held out
-    as the test split in run k, for k = 0..folds-1."""
-    data = {"data.train": pool, "data.validation": "", "data.test": "", "data.folds": folds}
-    return [{**data, "data.fold": k} for k in range(folds)]
+    """k-fold cross-validation on `pool` (`sweeps.folds`): run k holds out fold k as its
+    test split and fits on all the other folds, as the papers do (no validation split)."""
+    return sweeps.product([{"data.train": pool, "data.cv_validation_fraction": 0.0}],
+                          sweeps.folds(folds))
 
 
 def tiny_runs() -> list[dict]:
-    """Two runs at toy size, on data the caller gives as common `--config.data.*` flags:
-    folds 0 and 1 of 2-fold cross-validation on a pool, or, where the data layer has no
-    cross-validation keys, two seeds on fixed splits."""
-    if has_folds():
-        return [{"data.folds": TINY_FOLDS, "data.fold": k} for k in range(TINY_FOLDS)]
-    return sweeps.seeds(2)
+    """Folds 0 and 1 of 2-fold cross-validation on the pool the caller gives as a common
+    `--config.data.train` flag."""
+    return sweeps.product([{"data.cv_validation_fraction": 0.0}], sweeps.folds(TINY_FOLDS))
