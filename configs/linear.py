@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "linear"
     config.seed = 0  # train_size / train_fraction / augment draws; the SVM's solver
+    config.label = ""  # a short name of the run's setting (sweeps, reports)
 
     config.data = config_lib.base_config().data  # the data keys every task shares
     for key in ("max_length", "buckets", "group_by_length"):  # no tokens, no batches

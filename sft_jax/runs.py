@@ -25,7 +25,8 @@ The file formats (what `sft_jax.main` writes; this docstring is their reference)
       count, "trained_params": count that trains, "replicas": K}`.
     - `session`, written when each process session ends normally: `{"seconds": wall
       seconds of the session, "train_seconds": seconds in the training loop,
-      "start_step": first step of the session}`; its `step` is the session's last step.
+      "start_step": first step of the session, "peak_rss_mb": the process's peak resident
+      memory in MiB}`; its `step` is the session's last step.
     With `train.replicas = K > 1` every train and eval record also has `"replica": k`
     (0..K-1); replica k is equivalent to an independent run with seed `seed + k`. A record
     without `replica` belongs to every replica. A resumed run appends, so a (split, step,
@@ -66,7 +67,8 @@ and `best_step` (the best periodic-split value of `checkpoint.best_metric` under
 `checkpoint.best_mode`, earliest step on ties), `wall_seconds` (sum of the sessions'
 seconds), `steps_per_second` (steps trained / training seconds over the sessions, else
 the mean logged `steps_per_second`; replicas train together, so it is the run's),
-`params`, `trained_params`. Missing values are NaN (None for override values).
+`peak_rss_mb` (the largest of the sessions'), `params`, `trained_params`. Missing values
+are NaN (None for override values).
 """
 
 from __future__ import annotations
@@ -349,6 +351,13 @@ def timing(records: list[dict[str, Any]]) -> tuple[float, float]:
     return wall, (sum(logged) / len(logged) if logged else math.nan)
 
 
+def peak_memory(records: list[dict[str, Any]]) -> float:
+    """The largest `peak_rss_mb` of the `session` records (MiB); NaN without one."""
+    peaks = [float(r["peak_rss_mb"]) for r in records
+             if r["split"] == "session" and isinstance(r.get("peak_rss_mb"), int | float)]
+    return max(peaks) if peaks else math.nan
+
+
 def _model_info(records: list[dict[str, Any]]) -> dict[str, float]:
     models = [r for r in records if r["split"] == "model"]
     last = models[-1] if models else {}
@@ -385,7 +394,8 @@ def run_rows(run: Run, keys: list[str], label: str) -> list[dict[str, Any]]:
             value, step = best_periodic(run.config, records)
             row[f"best/{best_metric}"] = value
             row["best_step"] = step if step >= 0 else math.nan
-        row.update(wall_seconds=wall, steps_per_second=speed, **_model_info(run.records))
+        row.update(wall_seconds=wall, steps_per_second=speed,
+                   peak_rss_mb=peak_memory(run.records), **_model_info(run.records))
         rows.append(row)
     return rows
 

@@ -51,7 +51,7 @@ from sft_jax.interrupts import GracefulStop, StopRequested
 from sft_jax.models.layers import count_params
 from sft_jax.replicas import replica_summary
 from sft_jax.stopping import EarlyStopping
-from sft_jax.writers import MetricWriter, to_json
+from sft_jax.writers import MetricWriter, peak_rss_mb, to_json
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +496,8 @@ class Trainer:
         self.checkpoints.close()
         self.writer.write(step, "session", {
             "seconds": time.perf_counter() - self.started, "train_seconds": train_seconds,
-            "start_step": start, "nonfinite_steps": int(self.nonfinite_total.sum())})
+            "start_step": start, "nonfinite_steps": int(self.nonfinite_total.sum()),
+            "peak_rss_mb": peak_rss_mb()})
         self.writer.close()
         return results
 

@@ -22,6 +22,16 @@ import numpy as np
 from sft_jax import storage
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (`getrusage`'s ru_maxrss: KiB on
+    Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def jsonable(value: Any) -> Any:
     """`value` with arrays as lists, numpy scalars as Python ones and non-finite floats as
     None."""

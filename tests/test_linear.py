@@ -123,6 +123,7 @@ def test_run_directories_read_as_runs_and_report(corpus, tmp_path):
     assert [r["split"] for r in records] == ["data", "model", "validation", "test", "session"]
     assert records[0]["train/examples"] == 60 and records[1]["C"] in (1.0, 10.0)
     assert records[3]["final"] == 1 and records[3]["params_from"].startswith("C=")
+    assert records[4]["peak_rss_mb"] > 50  # this process's, in MiB
     table = runs.load(sweep).set_index("run")
     assert table["finished"].all() and set(table.index) == {"tfidf", "nbsvm"}
     assert table.loc["nbsvm", "params"] == table.loc["nbsvm", "trained_params"] > 0

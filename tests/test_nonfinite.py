@@ -80,6 +80,7 @@ def test_skip_drops_the_bad_updates_and_finishes_finite(tmp_path, tiny):
     train_rows = [r for r in records if r["split"] == "train"]
     assert [r["nonfinite_steps"] for r in train_rows] == [0, 1, 1, 1]
     assert [r["nonfinite_steps"] for r in records if r["split"] == "session"] == [3]
+    assert [r["peak_rss_mb"] > 50 for r in records if r["split"] == "session"] == [True]
     assert runs.read_records(tmp_path)[-1]["nonfinite_steps"] == 3
 
 

@@ -82,7 +82,7 @@ def write_run(path: Path, config: dict, outcomes: list[dict], finished: bool = T
                 records.append({"step": 10, "split": split, "final": 1, **tag(r),
                                 **out[split], "params_from": "best accuracy at step 10"})
         records.append({"step": 10, "split": "session", "seconds": 12.0,
-                        "train_seconds": 5.0, "start_step": 0})
+                        "train_seconds": 5.0, "start_step": 0, "peak_rss_mb": 900.0})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if finished:
         (path / "results.json").write_text(json.dumps(results_of(config, outcomes)))
@@ -190,7 +190,8 @@ def test_summary_csv_rows_and_status(sweep):
     assert len(table) == 7  # 6 done + 1 unfinished
     for column in ("run", "replica", "seed", "group", "optim.learning_rate", "finished", "step",
                    "test/accuracy", "validation/accuracy", "best/accuracy", "best_step",
-                   "wall_seconds", "steps_per_second", "params", "trained_params"):
+                   "wall_seconds", "steps_per_second", "peak_rss_mb", "params",
+                   "trained_params"):
         assert column in table.columns, column
     assert "seed" not in [c for c in table.columns if c.startswith("optim")]
     done = table[table["finished"]]
@@ -263,7 +264,7 @@ def test_curves_dedupe_last_record_wins(tmp_path):
         json.dumps({"step": 6, "split": "train", "loss": 9.0, "grad_norm": "nan"}),
         json.dumps({"step": 8, "split": "train", "loss": 8.0, "grad_norm": "inf"}),
         json.dumps({"step": 10, "split": "session", "seconds": 3.0, "train_seconds": 2.0,
-                    "start_step": 4}),
+                    "start_step": 4, "peak_rss_mb": 1000.0}),
     ]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines + resumed) + "\n")
     curves = runs.curves(run_dir)
@@ -279,6 +280,7 @@ def test_curves_dedupe_last_record_wins(tmp_path):
     (row,) = runs.rows(runs.read_runs(run_dir))
     assert row["wall_seconds"] == 15.0
     assert row["steps_per_second"] == pytest.approx(16 / 7)  # (10 + 6) steps / (5 + 2) s
+    assert row["peak_rss_mb"] == 1000.0  # the larger session's
 
 
 def test_single_run(tmp_path):

@@ -51,7 +51,7 @@ from sft_jax.errors import UserInputError
 from sft_jax.linear import models
 from sft_jax.tasks.base import TaskBase, check_field
 from sft_jax.tasks.classification import LABEL_TYPES
-from sft_jax.writers import MetricWriter, to_json
+from sft_jax.writers import MetricWriter, peak_rss_mb, to_json
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                        workdir / "predictions" / f"{split}.jsonl")
         storage.write_text(workdir / "results.json", to_json(results, indent=2) + "\n")
         writer.write(0, "session", {"seconds": time.perf_counter() - started,
-                                    "train_seconds": fit_seconds, "start_step": 0})
+                                    "train_seconds": fit_seconds, "start_step": 0,
+                                    "peak_rss_mb": peak_rss_mb()})
         writer.close()
         return results
     finally:
