@@ -1,0 +1,43 @@
+"""Fine-tuned transformers on MR and SUBJ, 10-fold cross-validation: the rows a paper would
+add beside Kim (2014) Table 2 (CNN-non-static: 81.5 on MR, 93.4 on SUBJ).
+
+    sft-jax sweep --config=configs/classification.py \
+        --sweep=experiments/sweeps/cv_mr_subj.py[:smollm2] --workdir=DIR
+    sft-jax report DIR
+
+Each run holds out one of the asset's ten folds as its test split and carves its
+validation split (10%) from the other nine (`sweeps.folds(10)`); it trains 300 updates of
+32 sentences truncated to 64 tokens (about one epoch), evaluates validation every 100 and
+tests the params of the best validation accuracy. The report's mean ± std is over the ten
+folds. Default: MiniLM-L6 (lr 1e-4); `:smollm2`: SmolLM2-135M-Instruct with its last-token
+head (lr 5e-5); `:tiny`: two folds of 2-fold cross-validation at runlocal size, for tests.
+"""
+
+from sft_jax import sweeps
+
+POOLS = {"mr": "mr:all", "subj": "subj:all"}
+MODELS = {"minilm-l6": {"model.checkpoint": "minilm-l6", "optim.learning_rate": 1e-4},
+          "smollm2": {"model.checkpoint": "smollm2-135m-instruct",
+                      "optim.learning_rate": 5e-5}}
+FULL = {
+    "train.steps": 300,
+    "train.eval_every": 100,
+    "train.log_every": 20,
+    "checkpoint.every": 100,
+    "checkpoint.export": False,
+    "eval.write_predictions": False,
+    "data.max_length": 64,
+    "data.buckets": (16, 32, 48, 64),
+    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
+}
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    if arg == "tiny":
+        return sweeps.product([{"label": "mr", "data.train": POOLS["mr"]}], sweeps.folds(2),
+                              [{"checkpoint.export": False, "train.progress_bar": False}])
+    if arg not in (None, "smollm2"):
+        raise ValueError(f"unknown sweep variant {arg!r} (known: smollm2, tiny)")
+    model = MODELS["smollm2" if arg else "minilm-l6"]
+    pools = [{"label": name, "data.train": pool} for name, pool in POOLS.items()]
+    return sweeps.product(pools, sweeps.folds(10), [{**model, **FULL}])
