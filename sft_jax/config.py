@@ -21,6 +21,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype; params are always float32
     config.model.dropout = -1.0  # >=0: every dropout rate of the model; <0: its own rates
     config.model.remat = "none"  # none | full | dots: recompute layer activations in backward
+    # How attention computes its scores (sft_jax.models.attention): auto | xla (einsum +
+    # softmax, [B, N, T, S] float32 scores) | blockwise (online softmax over key blocks of
+    # attention_block) | cudnn (GPU, bfloat16/float16). auto: by backend and row length.
+    config.model.attention = "auto"
+    config.model.attention_block = 512
 
     config.data = ml_collections.ConfigDict()
     config.data.train = ""  # file (.jsonl/.csv/.tsv), tfds:NAME[/CONFIG]:SPLIT or ASSET:SPLIT

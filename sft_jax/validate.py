@@ -25,6 +25,7 @@ from sft_jax.data.augment import AUGMENTS
 from sft_jax.data.chat import LOSS_ON
 from sft_jax.data.seq2seq import check_template
 from sft_jax.errors import UserInputError
+from sft_jax.models.attention import IMPLEMENTATIONS
 from sft_jax.models.common import REMAT_POLICIES, canonical_dtype
 from sft_jax.models.heads import POOLINGS
 from sft_jax.peft.plan import METHODS
@@ -128,6 +129,8 @@ RULES: dict[str, Rule] = {
                         "a floating-point dtype (float32, bfloat16, float16)"),
     "model.dropout": DROPOUT,
     "model.remat": one_of(REMAT_POLICIES),
+    "model.attention": one_of(IMPLEMENTATIONS),
+    "model.attention_block": at_least(1),
     "model.pooling": one_of(("", *POOLINGS)),
     "model.classifier_dropout": DROPOUT,
     "model.from_scratch": Rule("dict"),

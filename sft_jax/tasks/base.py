@@ -50,6 +50,7 @@ from sft_jax.errors import UserInputError
 from sft_jax.hf import export as hf_export
 from sft_jax.hf.checkpoint_dir import read_config
 from sft_jax.models import registry
+from sft_jax.models.attention import DEFAULT_BLOCK
 from sft_jax.pretrained import (
     check_model_files,
     load_tokenizer,
@@ -263,11 +264,14 @@ class TaskBase:
 
     def build(self, where: str, **head: Any) -> str:
         """module and module_config from hf_config (model.dtype, model.remat,
-        train.neftune_alpha, `head`); returns the family's kind."""
+        model.attention, model.attention_block, train.neftune_alpha, `head`); returns the
+        family's kind."""
         model = self.config.model
         self.module, self.module_config = registry.build_model(
             self.hf_config, dtype=model.dtype, remat=model.remat, where=where,
-            neftune_alpha=float(self.config.train.get("neftune_alpha", 0.0)), **head)
+            neftune_alpha=float(self.config.train.get("neftune_alpha", 0.0)),
+            attention=model.get("attention", "xla"),
+            attention_block=int(model.get("attention_block", DEFAULT_BLOCK)), **head)
         return registry.family_of(self.module_config).kind
 
     def pretrained_params(self) -> Mapping | None:

@@ -266,6 +266,7 @@ def _attention(cfg: BartConfig, heads: int, name: str) -> layers.Attention:
         kernel_init=nn.initializers.normal(cfg.init_std),
         name=name,
         **cfg.dtypes,
+        **cfg.attention_options,
     )
 
 

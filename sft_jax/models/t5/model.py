@@ -360,7 +360,7 @@ class T5Attention(nn.Module):
             dropout_rng = self.make_rng("dropout")
         out = layers.dot_product_attention(
             q, k, v, mask=mask, bias=bias, scale=1.0, dropout_rate=cfg.dropout_rate,
-            dropout_rng=dropout_rng, dtype=jnp.dtype(cfg.dtype),
+            dropout_rng=dropout_rng, dtype=jnp.dtype(cfg.dtype), **cfg.attention_options,
         )  # B T N H
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         out = _dense(cfg, d, (axes.HEADS, axes.KV, axes.EMBED), (n * h) ** -0.5, "out", in_dims=2)(
