@@ -100,6 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.early_stopping_min_delta = 0.0
     # ε of the label-smoothed cross-entropy in training (classification, dialogue, seq2seq)
     config.train.label_smoothing = 0.0
+    # Token losses of LM training (dialogue, seq2seq) with the float32 logits made this many
+    # tokens at a time and rematerialised in backward (tasks.base.chunked_token_losses):
+    # the [tokens, V] logits and their gradient are never held at once. 0 = in one go.
+    config.train.loss_chunk = 1024
     # NEFTune: uniform noise alpha/sqrt(L·d) on the input token embeddings in training
     config.train.neftune_alpha = 0.0
 

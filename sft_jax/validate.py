@@ -201,6 +201,7 @@ RULES: dict[str, Rule] = {
     "train.eval_every": at_least(0),
     "train.progress_bar": Rule("bool"),
     "train.label_smoothing": within(0, 1, open_high=True),
+    "train.loss_chunk": at_least(0),
     "train.early_stopping_patience": at_least(0),
     "train.early_stopping_min_delta": at_least(0, "float"),
     "train.neftune_alpha": at_least(0, "float"),

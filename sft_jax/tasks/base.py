@@ -51,6 +51,7 @@ from sft_jax.hf import export as hf_export
 from sft_jax.hf.checkpoint_dir import read_config
 from sft_jax.models import registry
 from sft_jax.models.attention import DEFAULT_BLOCK
+from sft_jax.models.lm_head import LmHead
 from sft_jax.pretrained import (
     check_model_files,
     load_tokenizer,
@@ -135,6 +136,48 @@ def training_loss(smoothing: float) -> Callable[[jax.Array, jax.Array], jax.Arra
     if smoothing == 0:
         return optax.softmax_cross_entropy_with_integer_labels
     return functools.partial(smoothed_cross_entropy, smoothing=float(smoothing))
+
+
+def chunked_token_losses(
+    head: LmHead,
+    hidden: jax.Array,  # B T D
+    targets: jax.Array,  # B T int
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    chunk: int,
+) -> jax.Array:  # B T
+    """`loss(head(hidden), targets)` computed `chunk` rows (tokens) at a time: each chunk's
+    float32 logits [chunk, V] are made, reduced to its losses and dropped, in the forward
+    pass and again (rematerialised) in the backward pass, so neither the [B·T, V] logits
+    nor their gradient is ever held. Equal to the one-shot loss up to float rounding
+    (`train.loss_chunk`; 0, or a batch of at most `chunk` tokens, computes it in one go)."""
+    b, t, d = hidden.shape
+    n = b * t
+    if chunk <= 0 or n <= chunk:
+        return loss(head(hidden), targets)
+    pad = -n % chunk
+    h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)  # C chunk D
+    y = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)  # C chunk
+
+    @jax.checkpoint
+    def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:  # chunk
+        return loss(head(args[0]), args[1])
+
+    return jax.lax.map(one, (h, y)).reshape(-1)[:n].reshape(b, t)
+
+
+def lm_head_kwargs(chunk: int) -> dict[str, bool]:
+    """The model call's keywords for a loss in chunks of `chunk` rows (0: none)."""
+    return {"lm_head": True} if chunk > 0 else {}
+
+
+def token_losses_of(out: Mapping[str, Any], targets: jax.Array,
+                    loss: Callable[[jax.Array, jax.Array], jax.Array], chunk: int
+                    ) -> jax.Array:  # B T
+    """Per-token `loss` of a model call's output `out` (its 'logits', or with `chunk` > 0
+    its 'lm_head' and 'hidden_states', as `lm_head_kwargs` asked) against targets [B, T]."""
+    if chunk > 0:
+        return chunked_token_losses(out["lm_head"], out["hidden_states"], targets, loss, chunk)
+    return loss(out["logits"].astype(jnp.float32), targets)
 
 
 def subset_indices(size: int, labels: Sequence[str] | None, count: int, seed: int
@@ -328,18 +371,18 @@ class TaskBase:
                 "segment_ids": np.ones_like(ids)}
 
     def lm_token_losses(self, params, batch: dict, rng, deterministic: bool,
-                        loss: Callable[[jax.Array, jax.Array], jax.Array]):
+                        loss: Callable[[jax.Array, jax.Array], jax.Array], chunk: int = 0):
         """(loss(logits, targets) * weights, weights), [B, L] each, of a decoder LM on a
         `data.packing` batch: next-token targets inside each segment, weighted by the
-        loss mask."""
+        loss mask. `chunk` > 0: the logits `chunk` rows at a time
+        (`chunked_token_losses`)."""
         out = self.module.apply(
             {"params": params}, batch["input_ids"], positions=batch["positions"],
             segment_ids=batch["segment_ids"], deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng})
+            rngs=None if deterministic else {"dropout": rng}, **lm_head_kwargs(chunk))
         targets, weights = packing.next_token_targets(
             batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
-        losses = loss(out["logits"].astype(jnp.float32), targets)  # B L
-        return losses * weights, weights
+        return token_losses_of(out, targets, loss, chunk) * weights, weights
 
     # Task interface ----------------------------------------------------------------------
 

@@ -292,4 +292,6 @@ class Gemma3Model(DecoderLM):
         cap = self.config.final_logit_softcapping
         if "logits" in out and cap is not None:  # B T V float32
             out["logits"] = cap * jnp.tanh(out["logits"] / cap)
+        if "lm_head" in out:
+            out["lm_head"] = out["lm_head"].replace(softcap=cap)
         return out
