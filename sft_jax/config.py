@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Token losses of LM training (dialogue, seq2seq) with the float32 logits made this many
     # tokens at a time and rematerialised in backward (tasks.base.chunked_token_losses):
     # the [tokens, V] logits and their gradient are never held at once. 0 = in one go.
-    config.train.loss_chunk = 1024
+    config.train.loss_chunk = 512
     # NEFTune: uniform noise alpha/sqrt(L·d) on the input token embeddings in training
     config.train.neftune_alpha = 0.0
 
