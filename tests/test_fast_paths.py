@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import LLAMA, V, is_decoder_norm, randomize_weights, torch_logits
+from conftest import (
+    LLAMA,
+    V,
+    apply_overrides,
+    is_decoder_norm,
+    load_config,
+    randomize_weights,
+    torch_logits,
+)
 
 from sft_jax import load_pretrained
 from sft_jax.errors import UserInputError
@@ -153,3 +161,27 @@ def test_chunked_loss_matches_one_shot(smoothing):
         np.testing.assert_allclose(out, ref, rtol=1e-6)
         for g, r in zip(grads, ref_grads, strict=True):
             np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_dialogue_loss_in_chunks_equals_one_shot(tmp_path, tiny_chat_model):
+    """The dialogue task's training loss (label-smoothed) and its gradient with
+    `train.loss_chunk` = 48 (128 tokens: 3 chunks) equal those computed in one go."""
+    from sft_jax.tasks import get_task
+
+    config = apply_overrides(load_config("dialogue", "runlocal"), {
+        "model.checkpoint": str(tiny_chat_model), "train.label_smoothing": 0.1})
+    task = get_task(config, tmp_path)
+    rows = [task.train_features()[i] for i in range(2)]
+    batch = {k: np.stack([r[k] for r in rows]) for k in ("input_ids", "positions",
+                                                         "segment_ids", "loss_mask")}
+    params = jax.tree.map(jnp.asarray, task.pretrained_params())
+
+    def run(chunk):
+        config.train.loss_chunk = chunk  # read when the loss is traced
+        return jax.jit(jax.value_and_grad(
+            lambda p: task.loss_fn(p, batch, None, True)[0]))(params)
+
+    (ref, ref_grads), (out, grads) = run(0), run(48)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+    jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5),
+                 grads, ref_grads)
