@@ -145,24 +145,27 @@ def chunked_token_losses(
     loss: Callable[[jax.Array, jax.Array], jax.Array],
     chunk: int,
 ) -> jax.Array:  # B T
-    """`loss(head(hidden), targets)` computed `chunk` rows (tokens) at a time: each chunk's
-    float32 logits [chunk, V] are made, reduced to its losses and dropped, in the forward
-    pass and again (rematerialised) in the backward pass, so neither the [B·T, V] logits
-    nor their gradient is ever held. Equal to the one-shot loss up to float rounding
-    (`train.loss_chunk`; 0, or a batch of at most `chunk` tokens, computes it in one go)."""
+    """`loss(head(hidden), targets)` computed about `chunk` tokens at a time: the same
+    `chunk // B` positions of every row (so a batch split over devices stays split), whose
+    float32 logits [B, chunk // B, V] are made, reduced to their losses and dropped, in the
+    forward pass and again (rematerialised) in the backward pass: neither the [B·T, V]
+    logits nor their gradient is ever held. Equal to the one-shot loss up to float
+    rounding (`train.loss_chunk`; 0, or a batch of at most `chunk` tokens, computes it in
+    one go)."""
     b, t, d = hidden.shape
-    n = b * t
-    if chunk <= 0 or n <= chunk:
+    if chunk <= 0 or b * t <= chunk:
         return loss(head(hidden), targets)
-    pad = -n % chunk
-    h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)  # C chunk D
-    y = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)  # C chunk
+    c = max(1, chunk // b)  # positions per row in one chunk
+    pad = -t % c
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d)  # B n c D
+    y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, c)  # B n c
 
     @jax.checkpoint
-    def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:  # chunk
+    def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:  # B c
         return loss(head(args[0]), args[1])
 
-    return jax.lax.map(one, (h, y)).reshape(-1)[:n].reshape(b, t)
+    losses = jax.lax.map(one, (jnp.swapaxes(h, 0, 1), jnp.swapaxes(y, 0, 1)))  # n B c
+    return jnp.swapaxes(losses, 0, 1).reshape(b, -1)[:, :t]  # B T
 
 
 def lm_head_kwargs(chunk: int) -> dict[str, bool]:
