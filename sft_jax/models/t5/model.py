@@ -50,6 +50,9 @@ Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
     decode(decoder_input_ids, encoded, *, encoder_segment_ids=None, decoder_positions=None,
            decoder_segment_ids=None, cache=None, deterministic=True)
         -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
+`__call__` and `decode` with `lm_head=True` return, instead of 'logits', 'lm_head' (an
+`lm_head.LmHead` giving the same logits from hidden states) and 'hidden_states' [B, T, D]
+(the decoder's output, the head's input).
 
 `init_cache(config, batch_size, max_length, dtype=None)` returns the decoder-only cache of
 `models/decoder.py` plus the key positions the relative bias needs:
