@@ -177,6 +177,7 @@ def cudnn_attention(
                              f"float16, not {query.dtype}")
     b, t, n, _ = query.shape
     s = key.shape[1]
+    bias = None if bias is None else _full(bias.astype(query.dtype), b, n, t, s)
     return jax.nn.dot_product_attention(
-        query, key, value, bias=_full(bias, b, n, t, s), mask=_full(mask, b, n, t, s),
+        query, key, value.astype(query.dtype), bias=bias, mask=_full(mask, b, n, t, s),
         scale=scale, implementation="cudnn").astype(dtype)
