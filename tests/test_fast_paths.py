@@ -99,12 +99,14 @@ def test_attention_choice_errors():
             registry.build_model(hf, attention="cudnn")
 
 
-LOSS_MODELS = {  # what each head adds: soft-capping / T5's scale / an untied kernel + bias
+LOSS_MODELS = {  # the heads: untied + soft-capped (decoders), tied + T5's scale,
+    # untied + BART's bias (the dialogue test below: a tied decoder head)
     "gemma3": {"model_type": "gemma3_text", "vocab_size": V, "hidden_size": 32,
                "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
                "head_dim": 16, "intermediate_size": 48, "max_position_embeddings": 64,
                "layer_types": ["full_attention"], "sliding_window": 3,
-               "query_pre_attn_scalar": 16, "final_logit_softcapping": 2.0},
+               "query_pre_attn_scalar": 16, "final_logit_softcapping": 2.0,
+               "tie_word_embeddings": False},
     "t5": {"model_type": "t5", "vocab_size": V, "d_model": 32, "d_kv": 8, "d_ff": 48,
            "num_layers": 1, "num_heads": 2, "decoder_start_token_id": 0},
     "bart": {"model_type": "bart", "vocab_size": V, "d_model": 32, "encoder_layers": 1,
