@@ -181,10 +181,9 @@ def test_dialogue_loss_in_chunks_equals_one_shot(tmp_path, tiny_chat_model):
 
     def run(chunk):
         config.train.loss_chunk = chunk  # read when the loss is traced
-        return jax.jit(jax.value_and_grad(
-            lambda p: task.loss_fn(p, batch, None, True)[0]))(params)
+        return jax.value_and_grad(lambda p: task.loss_fn(p, batch, None, True)[0])(params)
 
-    (ref, ref_grads), (out, grads) = run(0), run(48)
+    (ref, ref_grads), (out, grads) = jax.jit(lambda: (run(0), run(48)))()
     np.testing.assert_allclose(out, ref, rtol=1e-6)
     jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, atol=1e-6, rtol=1e-5),
                  grads, ref_grads)
