@@ -24,6 +24,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype; params are always float32
     config.model.dropout = -1.0  # >=0: every dropout rate of the model; <0: its own rates
     config.model.remat = "none"  # none | full | dots: recompute layer activations in backward
+    # How attention computes its scores (sft_jax.models.attention): auto | xla (einsum +
+    # softmax, [B, N, T, S] float32 scores) | blockwise (online softmax over key blocks of
+    # attention_block) | cudnn (GPU, bfloat16/float16). auto: by backend and row length.
+    config.model.attention = "auto"
+    config.model.attention_block = 512
 
     config.data = ml_collections.ConfigDict()
     config.data.train = ""  # file (.jsonl/.csv/.tsv), tfds:NAME[/CONFIG]:SPLIT or ASSET:SPLIT
@@ -106,6 +111,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.early_stopping_min_delta = 0.0
     # ε of the label-smoothed cross-entropy in training (classification, dialogue, seq2seq)
     config.train.label_smoothing = 0.0
+    # Token losses of LM training (dialogue, seq2seq) with the float32 logits made this many
+    # tokens at a time and rematerialised in backward (tasks.base.chunked_token_losses):
+    # the [tokens, V] logits and their gradient are never held at once. 0 = in one go.
+    config.train.loss_chunk = 512
     # NEFTune: uniform noise alpha/sqrt(L·d) on the input token embeddings in training
     config.train.neftune_alpha = 0.0
 

@@ -26,6 +26,7 @@ from sft_jax.data.chat import LOSS_ON
 from sft_jax.data.seq2seq import check_template
 from sft_jax.errors import UserInputError
 from sft_jax.linear.models import CLASSIFIERS, FEATURES
+from sft_jax.models.attention import IMPLEMENTATIONS
 from sft_jax.models.common import REMAT_POLICIES, canonical_dtype
 from sft_jax.models.heads import POOLINGS
 from sft_jax.peft.plan import METHODS
@@ -134,6 +135,8 @@ RULES: dict[str, Rule] = {
                         "a floating-point dtype (float32, bfloat16, float16)"),
     "model.dropout": DROPOUT,
     "model.remat": one_of(REMAT_POLICIES),
+    "model.attention": one_of(IMPLEMENTATIONS),
+    "model.attention_block": at_least(1),
     "model.pooling": one_of(("", *POOLINGS)),
     "model.classifier_dropout": DROPOUT,
     "model.from_scratch": Rule("dict"),
@@ -221,6 +224,7 @@ RULES: dict[str, Rule] = {
     "train.eval_every": at_least(0),
     "train.progress_bar": Rule("bool"),
     "train.label_smoothing": within(0, 1, open_high=True),
+    "train.loss_chunk": at_least(0),
     "train.early_stopping_patience": at_least(0),
     "train.early_stopping_min_delta": at_least(0, "float"),
     "train.neftune_alpha": at_least(0, "float"),

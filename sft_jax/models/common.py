@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
+from sft_jax.models.attention import DEFAULT_BLOCK
 from sft_jax.models.layers import ACTIVATIONS
 
 
@@ -109,12 +110,13 @@ def token_ids_to_hf(value: Any) -> Any:
 
 
 # `ModelConfig`'s own fields: none of them is a Hugging Face config field.
-OURS = ("dtype", "param_dtype", "remat_policy", "neftune_alpha")
+OURS = ("dtype", "param_dtype", "remat_policy", "neftune_alpha", "attention",
+        "attention_block")
 
 
 def fields_to_hf(config: Any, *, skip: Sequence[str] = ()) -> dict[str, Any]:
     """The dataclass fields of `config` that are HF config fields of the same name: all but
-    `skip` and `ModelConfig`'s own (dtype, param_dtype, remat_policy, neftune_alpha);
+    `skip` and `ModelConfig`'s own (`OURS`);
     tuples (layer types, token ids) become JSON lists."""
     ours = {*OURS, *skip}
     out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
@@ -138,8 +140,9 @@ class ModelConfig:
     """Base of every family config: our dtype names ('float32', 'bfloat16'; `dtype` for
     activations and matmuls, `param_dtype` for storage), `remat_policy` (see the module
     docstring) and `neftune_alpha` (`layers.neftune`: noise on the input token embeddings
-    in non-deterministic calls; 0 = none), keyword-only after the family's own fields,
-    and `from_hf`.
+    in non-deterministic calls; 0 = none), `attention` and `attention_block` (how the
+    shared attention computes its scores: `sft_jax.models.attention`; 'xla' is today's
+    einsum + softmax), keyword-only after the family's own fields, and `from_hf`.
 
     A family sets `hf_checks` (an `HfChecks`) and implements
     `fields_from_hf(hf, model_type, *, where) -> dict` (its own fields, checked, one
@@ -152,9 +155,16 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     neftune_alpha: float = 0.0
+    attention: str = "xla"
+    attention_block: int = DEFAULT_BLOCK
 
     def __post_init__(self) -> None:
         check_remat_policy(self.remat_policy)
+
+    @property
+    def attention_options(self) -> dict[str, Any]:
+        """`attention` and `attention_block` as `layers.Attention` takes them."""
+        return {"implementation": self.attention, "block": self.attention_block}
 
     @property
     def dtypes(self) -> dict[str, Any]:

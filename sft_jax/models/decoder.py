@@ -11,11 +11,13 @@ Decoder batch contract (every decoder-only family)
                              never crosses segments and is causal within one.
                              Default: all ones.
 
-`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True)`
-returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after the final norm),
-'cache': the updated cache, or None without one}` ('logits' is absent when the module is
-built with `with_lm_head=False`, as inside a `SequenceClassifier`). Dropout draws from the
-'dropout' rng when `deterministic=False`. A loss mask is the task's business.
+`__call__(input_ids, *, positions=None, segment_ids=None, cache=None, deterministic=True,
+lm_head=False)` returns `{'logits': float32 [B, T, V], 'hidden_states': [B, T, D] (after
+the final norm), 'cache': the updated cache, or None without one}` ('logits' is absent
+when the module is built with `with_lm_head=False`, as inside a `SequenceClassifier`; with
+`lm_head=True` it is replaced by 'lm_head', an `lm_head.LmHead` giving the same logits
+from hidden states). Dropout draws from the 'dropout' rng when `deterministic=False`. A
+loss mask is the task's business.
 
 KV cache contract (functional: the cache is an explicit pytree, in and out)
 --------------------------------------------------------------------------
@@ -48,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sft_jax.models import axes, common, layers
+from sft_jax.models import axes, common, layers, lm_head
 
 Array = jax.Array
 
@@ -91,12 +93,16 @@ def lm_logits(
     *,
     dtype: Any,
     param_dtype: Any,
-) -> Array:  # B T V float32
-    """Tied (`embed.attend`) or untied (`lm_head`, no bias) LM head, in float32."""
+    as_head: bool = False,
+) -> Array | lm_head.LmHead:  # B T V float32
+    """Tied (`embed.attend`) or untied (`lm_head`, no bias) LM head, in float32; with
+    `as_head` the `lm_head.LmHead` that computes them instead."""
     if cfg.tie_word_embeddings:
+        if as_head:
+            return lm_head.tied(embed)
         logits = embed.attend(x)
     else:
-        logits = layers.DenseGeneral(
+        dense = layers.DenseGeneral(
             features=cfg.vocab_size,
             kernel_axes=(axes.EMBED, axes.VOCAB),
             use_bias=False,
@@ -104,7 +110,10 @@ def lm_logits(
             param_dtype=param_dtype,
             kernel_init=init,
             name="lm_head",
-        )(x)
+        )
+        if as_head:
+            return lm_head.untied(dense, x)
+        logits = dense(x)
     logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
     return logits.astype(jnp.float32)
 
@@ -156,12 +165,15 @@ def decoder_outputs(
     with_lm_head: bool,
     dtype: Any,
     param_dtype: Any,
+    as_head: bool = False,
 ) -> dict[str, Any]:
     """The decoder call's result (the contract above): hidden states, cache, and the
-    logits of `lm_logits` unless `with_lm_head` is False."""
+    logits of `lm_logits` unless `with_lm_head` is False ('lm_head' instead of 'logits'
+    with `as_head`)."""
     out: dict[str, Any] = {"hidden_states": x, "cache": new_cache}
     if with_lm_head:
-        out["logits"] = lm_logits(x, embed, cfg, init, dtype=dtype, param_dtype=param_dtype)
+        out["lm_head" if as_head else "logits"] = lm_logits(
+            x, embed, cfg, init, dtype=dtype, param_dtype=param_dtype, as_head=as_head)
     return out
 
 
@@ -212,6 +224,7 @@ class DecoderLM(nn.Module):
         segment_ids: Array | None = None,  # B T
         cache: Mapping[str, Any] | None = None,
         deterministic: bool = True,
+        lm_head: bool = False,
     ) -> dict[str, Any]:
         cfg = self.config
         kw = cfg.dtypes
@@ -242,4 +255,5 @@ class DecoderLM(nn.Module):
             new_layers.append(layer_cache)
         x = self.final_norm(**kw)(x)  # B T D
         new_cache = next_cache(cache, index, input_ids.shape[1], key_segments, new_layers)
-        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head, **kw)
+        return decoder_outputs(x, new_cache, embed, cfg, init, with_lm_head=self.with_lm_head,
+                               as_head=lm_head, **kw)

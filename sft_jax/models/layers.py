@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sft_jax.models import attention as attention_impl
 from sft_jax.models import axes
 
 Array = jax.Array
@@ -298,6 +299,8 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     dtype: Dtype = jnp.float32,
+    implementation: str = "xla",
+    block: int = attention_impl.DEFAULT_BLOCK,
 ) -> Array:  # B T N H
     """Scaled dot-product attention with grouped-query support (N = K * G).
 
@@ -305,6 +308,8 @@ def dot_product_attention(
     and softmax run in float32; masked logits are set to float32's min (HF adds the
     dtype's min), so a row without any visible key is uniform rather than NaN.
     Attention-probability dropout is applied when `dropout_rng` is given.
+    `implementation` ('xla', 'blockwise' over key blocks of `block`, 'cudnn', 'auto')
+    and what each holds in memory: `sft_jax.models.attention`.
     """
     b, t, n, h = query.shape
     k_heads = key.shape[2]
@@ -312,6 +317,15 @@ def dot_product_attention(
         raise ValueError(f"{n} query heads are not a multiple of {k_heads} kv heads")
     g = n // k_heads
     scale = h**-0.5 if scale is None else scale
+    dropout = dropout_rng is not None and dropout_rate > 0.0
+    implementation = attention_impl.choose(implementation, query, key.shape[1], dropout)
+    if implementation == "blockwise":
+        return attention_impl.blockwise_attention(
+            query, key, value, mask=mask, bias=bias, scale=scale, block=block,
+            dropout_rate=dropout_rate, dropout_rng=dropout_rng, dtype=dtype)
+    if implementation == "cudnn":
+        return attention_impl.cudnn_attention(query, key, value, mask=mask, bias=bias,
+                                              scale=scale, dropout=dropout, dtype=dtype)
     q = query.reshape(b, t, k_heads, g, h)  # B T K G H
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key, preferred_element_type=jnp.float32)
     logits = logits.reshape(b, n, t, -1) * scale  # B N T S
@@ -357,7 +371,9 @@ class Attention(nn.Module):
     passes `combine_masks(causal_mask(T), padding_mask(m))` or a `decoder_mask`.
 
     `use_bias` covers q/k/v and, unless `out_bias` says otherwise, the out projection
-    (Qwen2: q/k/v biases, none on out).
+    (Qwen2: q/k/v biases, none on out). `implementation` and `block` choose how the
+    scores are computed (`dot_product_attention`; a family passes its config's
+    `attention_options`).
 
     KV cache: with `kv_cache={'k': [B,S,K,H], 'v': [B,S,K,H]}` and `cache_index` (int32
     scalar), the T new keys/values (after `qk_transform`) are written at slots
@@ -375,6 +391,8 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = DEFAULT_INIT
+    implementation: str = "xla"
+    block: int = attention_impl.DEFAULT_BLOCK
 
     @nn.compact
     def __call__(
@@ -429,6 +447,8 @@ class Attention(nn.Module):
             dropout_rate=self.dropout_rate,
             dropout_rng=dropout_rng,
             dtype=self.dtype,
+            implementation=self.implementation,
+            block=self.block,
         )  # B T N H
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         out = DenseGeneral(

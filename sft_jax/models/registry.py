@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 
 from sft_jax.errors import UserInputError
+from sft_jax.models.attention import DEFAULT_BLOCK, check_implementation
 from sft_jax.models.family import Family
 from sft_jax.models.heads import POOLINGS, SequenceClassifier
 
@@ -111,6 +112,8 @@ def build_model(
     param_dtype: Any = "float32",
     remat: str = "none",
     neftune_alpha: float = 0.0,
+    attention: str = "xla",
+    attention_block: int = DEFAULT_BLOCK,
     where: str = "config.json",
 ) -> tuple[nn.Module, Any]:
     """(module, config) for an HF config dict.
@@ -120,7 +123,9 @@ def build_model(
     whose params are `{'encoder': ..., 'classifier': ...}`. `pooling=None` picks the
     family's Hugging Face pooling ('pooler' for encoders, 'last' for decoders).
     `remat` ('none', 'full', 'dots') sets the config's `remat_policy`, `neftune_alpha`
-    its NEFTune noise (training calls only; `layers.neftune`).
+    its NEFTune noise (training calls only; `layers.neftune`), `attention` and
+    `attention_block` the shared attention's implementation (`sft_jax.models.attention`;
+    a `UserInputError` for an unknown one, or cudnn without a GPU).
     `where` (usually the config.json path) names the source in error messages.
     """
     family = get_family(hf_config, where=where)
@@ -129,6 +134,10 @@ def build_model(
         config = dataclasses.replace(config, remat_policy=remat)
     if neftune_alpha:  # ours too: noise on the input embeddings in training
         config = dataclasses.replace(config, neftune_alpha=float(neftune_alpha))
+    check_implementation(attention, attention_block)
+    if (attention, attention_block) != ("xla", DEFAULT_BLOCK):  # ours: how scores are computed
+        config = dataclasses.replace(config, attention=attention,
+                                     attention_block=attention_block)
     if num_labels is None:
         return family.module_cls(config), config
     if family.kind not in ("encoder", "decoder"):

@@ -57,6 +57,8 @@ from sft_jax.errors import UserInputError
 from sft_jax.hf import export as hf_export
 from sft_jax.hf.checkpoint_dir import read_config
 from sft_jax.models import registry
+from sft_jax.models.attention import DEFAULT_BLOCK
+from sft_jax.models.lm_head import LmHead
 from sft_jax.pretrained import (
     check_model_files,
     load_tokenizer,
@@ -141,6 +143,51 @@ def training_loss(smoothing: float) -> Callable[[jax.Array, jax.Array], jax.Arra
     if smoothing == 0:
         return optax.softmax_cross_entropy_with_integer_labels
     return functools.partial(smoothed_cross_entropy, smoothing=float(smoothing))
+
+
+def chunked_token_losses(
+    head: LmHead,
+    hidden: jax.Array,  # B T D
+    targets: jax.Array,  # B T int
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    chunk: int,
+) -> jax.Array:  # B T
+    """`loss(head(hidden), targets)` computed about `chunk` tokens at a time: the same
+    `chunk // B` positions of every row (so a batch split over devices stays split), whose
+    float32 logits [B, chunk // B, V] are made, reduced to their losses and dropped, in the
+    forward pass and again (rematerialised) in the backward pass: neither the [B·T, V]
+    logits nor their gradient is ever held. Equal to the one-shot loss up to float
+    rounding (`train.loss_chunk`; 0, or a batch of at most `chunk` tokens, computes it in
+    one go)."""
+    b, t, d = hidden.shape
+    if chunk <= 0 or b * t <= chunk:
+        return loss(head(hidden), targets)
+    c = max(1, chunk // b)  # positions per row in one chunk
+    pad = -t % c
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d)  # B n c D
+    y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, c)  # B n c
+
+    @jax.checkpoint
+    def one(args: tuple[jax.Array, jax.Array]) -> jax.Array:  # B c
+        return loss(head(args[0]), args[1])
+
+    losses = jax.lax.map(one, (jnp.swapaxes(h, 0, 1), jnp.swapaxes(y, 0, 1)))  # n B c
+    return jnp.swapaxes(losses, 0, 1).reshape(b, -1)[:, :t]  # B T
+
+
+def lm_head_kwargs(chunk: int) -> dict[str, bool]:
+    """The model call's keywords for a loss in chunks of `chunk` rows (0: none)."""
+    return {"lm_head": True} if chunk > 0 else {}
+
+
+def token_losses_of(out: Mapping[str, Any], targets: jax.Array,
+                    loss: Callable[[jax.Array, jax.Array], jax.Array], chunk: int
+                    ) -> jax.Array:  # B T
+    """Per-token `loss` of a model call's output `out` (its 'logits', or with `chunk` > 0
+    its 'lm_head' and 'hidden_states', as `lm_head_kwargs` asked) against targets [B, T]."""
+    if chunk > 0:
+        return chunked_token_losses(out["lm_head"], out["hidden_states"], targets, loss, chunk)
+    return loss(out["logits"].astype(jnp.float32), targets)
 
 
 def train_subset(data: ml_collections.ConfigDict, count: int, labels: Sequence[str] | None,
@@ -268,11 +315,14 @@ class TaskBase:
 
     def build(self, where: str, **head: Any) -> str:
         """module and module_config from hf_config (model.dtype, model.remat,
-        train.neftune_alpha, `head`); returns the family's kind."""
+        model.attention, model.attention_block, train.neftune_alpha, `head`); returns the
+        family's kind."""
         model = self.config.model
         self.module, self.module_config = registry.build_model(
             self.hf_config, dtype=model.dtype, remat=model.remat, where=where,
-            neftune_alpha=float(self.config.train.get("neftune_alpha", 0.0)), **head)
+            neftune_alpha=float(self.config.train.get("neftune_alpha", 0.0)),
+            attention=model.get("attention", "xla"),
+            attention_block=int(model.get("attention_block", DEFAULT_BLOCK)), **head)
         return registry.family_of(self.module_config).kind
 
     def pretrained_params(self) -> Mapping | None:
@@ -329,18 +379,18 @@ class TaskBase:
                 "segment_ids": np.ones_like(ids)}
 
     def lm_token_losses(self, params, batch: dict, rng, deterministic: bool,
-                        loss: Callable[[jax.Array, jax.Array], jax.Array]):
+                        loss: Callable[[jax.Array, jax.Array], jax.Array], chunk: int = 0):
         """(loss(logits, targets) * weights, weights), [B, L] each, of a decoder LM on a
         `data.packing` batch: next-token targets inside each segment, weighted by the
-        loss mask."""
+        loss mask. `chunk` > 0: the logits `chunk` rows at a time
+        (`chunked_token_losses`)."""
         out = self.module.apply(
             {"params": params}, batch["input_ids"], positions=batch["positions"],
             segment_ids=batch["segment_ids"], deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng})
+            rngs=None if deterministic else {"dropout": rng}, **lm_head_kwargs(chunk))
         targets, weights = packing.next_token_targets(
             batch["input_ids"], batch["segment_ids"], batch["loss_mask"])
-        losses = loss(out["logits"].astype(jnp.float32), targets)  # B L
-        return losses * weights, weights
+        return token_losses_of(out, targets, loss, chunk) * weights, weights
 
     # Task interface ----------------------------------------------------------------------
 

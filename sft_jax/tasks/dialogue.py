@@ -6,8 +6,9 @@ marks the tokens the loss covers (`data.loss_on`: assistant turns by default).
 Batch contract: `sft_jax.data.packing` (input_ids, positions, segment_ids, loss_mask, all
 [B, L]); training rows are packed (`data.packing=True`) or padded, evaluation rows padded.
 Loss: next-token cross-entropy summed over target tokens, label-smoothed in training by
-`train.label_smoothing` (as seq2seq's, `tasks.base.smoothed_cross_entropy`); weight =
-number of targets.
+`train.label_smoothing` (as seq2seq's, `tasks.base.smoothed_cross_entropy`), computed
+`train.loss_chunk` tokens at a time (`tasks.base.chunked_token_losses`); weight = number
+of targets.
 Evaluation: loss and perplexity per target token; sample responses to the last user turn
 of the first `eval.num_samples` conversations go to predictions/<split>.jsonl.
 """
@@ -62,8 +63,10 @@ class DialogueTask(TaskBase):
         return self.lm_init_batch()
 
     def loss_fn(self, params, batch: dict, rng, deterministic: bool):
+        train = self.config.train
         losses, weights = self.lm_token_losses(
-            params, batch, rng, deterministic, training_loss(self.config.train.label_smoothing))
+            params, batch, rng, deterministic, training_loss(train.label_smoothing),
+            chunk=int(train.get("loss_chunk", 0)))
         return jnp.sum(losses), {"weight": jnp.sum(weights)}
 
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:

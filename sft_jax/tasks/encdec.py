@@ -38,7 +38,12 @@ from sft_jax.errors import UserInputError
 from sft_jax.generation import Sampling, generate_ids
 from sft_jax.hf.checkpoint_dir import load_state_dict
 from sft_jax.models import registry
-from sft_jax.tasks.base import smoothed_cross_entropy, tokenizer_from
+from sft_jax.tasks.base import (
+    lm_head_kwargs,
+    smoothed_cross_entropy,
+    token_losses_of,
+    tokenizer_from,
+)
 from sft_jax.tasks.seq2seq import Seq2SeqBase, record_fields
 
 log = logging.getLogger(__name__)
@@ -196,13 +201,15 @@ class EncDecTask(Seq2SeqBase):
             return None  # packed rows all have the same length
         return [len(p["source_ids"]) + len(p["target_ids"]) for p in self.pairs["train"]]
 
-    def token_losses(self, params, batch: dict, rng, deterministic: bool, smoothing: float):
+    def token_losses(self, params, batch: dict, rng, deterministic: bool, smoothing: float,
+                     chunk: int = 0):
         out = self.module.apply(
             {"params": params}, batch["encoder_input_ids"], batch["decoder_input_ids"],
             **{name: batch[name] for name in LAYOUT}, deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng})
+            rngs=None if deterministic else {"dropout": rng}, **lm_head_kwargs(chunk))
         weights = (batch["decoder_segment_ids"] != 0).astype(jnp.float32)  # B T
-        losses = smoothed_cross_entropy(out["logits"], batch["decoder_target_ids"], smoothing)
+        loss = functools.partial(smoothed_cross_entropy, smoothing=smoothing)
+        losses = token_losses_of(out, batch["decoder_target_ids"], loss, chunk)
         return losses * weights, weights
 
     def generate(self, split: str, n: int, params, sampling: Sampling, **search: Any

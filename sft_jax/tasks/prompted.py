@@ -83,10 +83,11 @@ class PromptedTask(Seq2SeqBase):
     def init_batch(self) -> dict[str, np.ndarray]:
         return self.lm_init_batch()
 
-    def token_losses(self, params, batch: dict, rng, deterministic: bool, smoothing: float):
+    def token_losses(self, params, batch: dict, rng, deterministic: bool, smoothing: float,
+                     chunk: int = 0):
         return self.lm_token_losses(
             params, batch, rng, deterministic,
-            functools.partial(smoothed_cross_entropy, smoothing=smoothing))
+            functools.partial(smoothed_cross_entropy, smoothing=smoothing), chunk)
 
     def generate(self, split: str, n: int, params, sampling: Sampling, **search: Any
                  ) -> list[str]:

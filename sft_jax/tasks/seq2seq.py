@@ -8,7 +8,8 @@ prompt, the target as the reply); any other checkpoint, or `model.from_scratch`,
 
 Loss: label-smoothed cross-entropy summed over target tokens (`train.label_smoothing` ε:
 (1-ε)·nll + ε·mean over the vocabulary of -log p, as Hugging Face and PyTorch's
-`cross_entropy(label_smoothing=ε)`); weight = number of target tokens.
+`cross_entropy(label_smoothing=ε)`), in training `train.loss_chunk` tokens at a time
+(`tasks.base.chunked_token_losses`); weight = number of target tokens.
 Evaluation: teacher-forced loss and perplexity per target token (no smoothing), then the
 first `eval.generate_limit` examples (0 = all) are decoded (`eval.num_beams`,
 `eval.length_penalty`, `eval.early_stopping`, `eval.max_new_tokens`) and scored against
@@ -75,9 +76,10 @@ class Seq2SeqBase(TaskBase):
     """Records, special ids, loss, decoding-based metrics and predictions of both tasks.
 
     A subclass sets up the model (`setup_model`), its features (`build_features`), and
-    provides `token_losses(params, batch, rng, deterministic, smoothing)` -> (losses,
-    weights) [B, T] and `generate(split, n, params, sampling, **search)` -> the first n
-    examples' predicted texts."""
+    provides `token_losses(params, batch, rng, deterministic, smoothing, chunk=0)` ->
+    (losses, weights) [B, T] (the logits `chunk` rows at a time when > 0:
+    `tasks.base.chunked_token_losses`) and `generate(split, n, params, sampling,
+    **search)` -> the first n examples' predicted texts."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
         super().__init__(config, workdir)
@@ -118,8 +120,10 @@ class Seq2SeqBase(TaskBase):
     # Task interface ---------------------------------------------------------------------
 
     def loss_fn(self, params, batch: dict, rng, deterministic: bool):
+        train = self.config.train
         losses, weights = self.token_losses(params, batch, rng, deterministic,
-                                            float(self.config.train.label_smoothing))
+                                            float(train.label_smoothing),
+                                            chunk=int(train.get("loss_chunk", 0)))
         return jnp.sum(losses), {"weight": jnp.sum(weights)}
 
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:

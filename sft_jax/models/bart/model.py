@@ -62,6 +62,7 @@ import numpy as np
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, decoder, layers
+from sft_jax.models import lm_head as head_lib
 from sft_jax.models.decoder import decoder_inputs, next_cache
 
 Array = jax.Array
@@ -266,6 +267,7 @@ def _attention(cfg: BartConfig, heads: int, name: str) -> layers.Attention:
         kernel_init=nn.initializers.normal(cfg.init_std),
         name=name,
         **cfg.dtypes,
+        **cfg.attention_options,
     )
 
 
@@ -462,6 +464,7 @@ class BartModel(nn.Module):
         decoder_segment_ids: Array | None = None,
         decoder_positions: Array | None = None,
         deterministic: bool = True,
+        lm_head: bool = False,
     ) -> dict[str, Array]:
         encoded = self.encode(
             encoder_input_ids,
@@ -476,7 +479,10 @@ class BartModel(nn.Module):
             decoder_positions=decoder_positions,
             decoder_segment_ids=decoder_segment_ids,
             deterministic=deterministic,
+            lm_head=lm_head,
         )
+        if lm_head:
+            return {"lm_head": out["lm_head"], "hidden_states": out["hidden_states"]}
         return {"logits": out["logits"]}
 
     def encode(
@@ -510,6 +516,7 @@ class BartModel(nn.Module):
         decoder_segment_ids: Array | None = None,
         cache: Mapping[str, Any] | None = None,
         deterministic: bool = True,
+        lm_head: bool = False,
     ) -> dict[str, Any]:
         cfg = self.config
         b, s = encoded.shape[:2]
@@ -531,9 +538,15 @@ class BartModel(nn.Module):
             cache_index=index,
             deterministic=deterministic,
         )
+        t = decoder_input_ids.shape[1]
+        new_cache = next_cache(cache, index, t, key_segments, new_layers)
+        if lm_head:  # the head as data (`models.lm_head`), x [B, T, D] its input
+            bias = self.final_logits_bias
+            head = (head_lib.tied(table, bias=bias) if cfg.tie_word_embeddings
+                    else head_lib.untied(self.lm_head, x, bias=bias))
+            return {"lm_head": head, "hidden_states": x, "cache": new_cache}
         logits = self.lm_head(x) if not cfg.tie_word_embeddings else table.attend(x)  # B T V
         bias = jax.lax.stop_gradient(jnp.asarray(self.final_logits_bias, jnp.float32))
         logits = logits.astype(jnp.float32) + bias
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
-        t = decoder_input_ids.shape[1]
-        return {"logits": logits, "cache": next_cache(cache, index, t, key_segments, new_layers)}
+        return {"logits": logits, "cache": new_cache}

@@ -181,6 +181,7 @@ class BertLayer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
+            **cfg.attention_options,
         )(x, mask=mask, deterministic=deterministic)  # B T D
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="attention_norm", **kw)(x + h)

@@ -248,7 +248,7 @@ class Gemma3Layer(nn.Module):
             num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
             num_kv_heads=cfg.num_key_value_heads, use_bias=cfg.attention_bias,
             dropout_rate=cfg.attention_dropout, scale=cfg.query_pre_attn_scalar**-0.5,
-            kernel_init=init, name="attention", **kw,
+            kernel_init=init, name="attention", **kw, **cfg.attention_options,
         )
         rope = local_rope if self.layer_type == SLIDING else global_rope
         qk_norm = layers.with_qk_norm(rope, lambda name: norm(name, axes.KV))
@@ -292,4 +292,6 @@ class Gemma3Model(DecoderLM):
         cap = self.config.final_logit_softcapping
         if "logits" in out and cap is not None:  # B T V float32
             out["logits"] = cap * jnp.tanh(out["logits"] / cap)
+        if "lm_head" in out:
+            out["lm_head"] = out["lm_head"].replace(softcap=cap)
         return out

@@ -147,6 +147,7 @@ class Gpt2Layer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
+            **cfg.attention_options,
         )
         h, kv_cache = layers.attend(
             attention, norm("attention_norm")(x), mask, kv_cache, cache_index, deterministic

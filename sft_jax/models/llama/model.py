@@ -254,6 +254,7 @@ class LlamaLayer(nn.Module):
             kernel_init=init,
             name="attention",
             **kw,
+            **cfg.attention_options,
         )
         h, kv_cache = layers.attend(
             attention, h, mask, kv_cache, cache_index, deterministic, qk_transform=qk_transform

@@ -50,6 +50,9 @@ Methods (`module.apply({'params': p}, ..., method='encode' / 'decode')`):
     decode(decoder_input_ids, encoded, *, encoder_segment_ids=None, decoder_positions=None,
            decoder_segment_ids=None, cache=None, deterministic=True)
         -> {'logits': float32 [B, T, V], 'cache': the updated cache or None}
+`__call__` and `decode` with `lm_head=True` return, instead of 'logits', 'lm_head' (an
+`lm_head.LmHead` giving the same logits from hidden states) and 'hidden_states' [B, T, D]
+(the decoder's output, the head's input).
 
 `init_cache(config, batch_size, max_length, dtype=None)` returns the decoder-only cache of
 `models/decoder.py` plus the key positions the relative bias needs:
@@ -96,6 +99,7 @@ import numpy as np
 
 from sft_jax.errors import UserInputError
 from sft_jax.models import axes, common, decoder, layers
+from sft_jax.models import lm_head as head_lib
 from sft_jax.models.decoder import decoder_inputs, next_cache
 
 Array = jax.Array
@@ -360,7 +364,7 @@ class T5Attention(nn.Module):
             dropout_rng = self.make_rng("dropout")
         out = layers.dot_product_attention(
             q, k, v, mask=mask, bias=bias, scale=1.0, dropout_rate=cfg.dropout_rate,
-            dropout_rng=dropout_rng, dtype=jnp.dtype(cfg.dtype),
+            dropout_rng=dropout_rng, dtype=jnp.dtype(cfg.dtype), **cfg.attention_options,
         )  # B T N H
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         out = _dense(cfg, d, (axes.HEADS, axes.KV, axes.EMBED), (n * h) ** -0.5, "out", in_dims=2)(
@@ -508,6 +512,7 @@ class T5Model(nn.Module):
         decoder_segment_ids: Array | None = None,
         decoder_positions: Array | None = None,
         deterministic: bool = True,
+        lm_head: bool = False,
     ) -> dict[str, Array]:
         encoded = self.encode(
             encoder_input_ids, encoder_segment_ids=encoder_segment_ids,
@@ -516,8 +521,10 @@ class T5Model(nn.Module):
         out = self.decode(
             decoder_input_ids, encoded, encoder_segment_ids=encoder_segment_ids,
             decoder_positions=decoder_positions, decoder_segment_ids=decoder_segment_ids,
-            deterministic=deterministic,
+            deterministic=deterministic, lm_head=lm_head,
         )
+        if lm_head:
+            return {"lm_head": out["lm_head"], "hidden_states": out["hidden_states"]}
         return {"logits": out["logits"]}
 
     def encode(
@@ -552,6 +559,7 @@ class T5Model(nn.Module):
         decoder_segment_ids: Array | None = None,
         cache: Mapping[str, Any] | None = None,
         deterministic: bool = True,
+        lm_head: bool = False,
     ) -> dict[str, Any]:
         cfg = self.config
         b, t = decoder_input_ids.shape
@@ -575,12 +583,16 @@ class T5Model(nn.Module):
             cache_layers=None if cache is None else cache["layers"], cache_index=index,
             deterministic=deterministic,
         )
+        new_cache = next_cache(cache, index, t, key_segments, new_layers, positions=key_positions)
+        if lm_head:  # the head as data (`models.lm_head`), y [B, T, D] its input
+            head = (head_lib.tied(self.embed, scale=cfg.d_model**-0.5) if cfg.tie_word_embeddings
+                    else head_lib.untied(self.lm_head, y))
+            return {"lm_head": head, "hidden_states": y, "cache": new_cache}
         if cfg.tie_word_embeddings:
             logits = self.embed.attend(y * cfg.d_model**-0.5)
         else:
             logits = self.lm_head(y)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
-        new_cache = next_cache(cache, index, t, key_segments, new_layers, positions=key_positions)
         return {"logits": logits.astype(jnp.float32), "cache": new_cache}
 
 
