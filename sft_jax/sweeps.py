@@ -22,11 +22,13 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
 import json
 import re
+import sys
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,7 +126,9 @@ def load_sweep(spec: str) -> list[Overrides]:
     The result must be a non-empty list of dicts with config keys (`optim.learning_rate`)
     and str/int/float/bool/tuple values, without duplicates. Anything else (no such file,
     a syntax error, no get_sweep, an exception inside it) is a one-line UserInputError
-    naming the file (and the line where there is one).
+    naming the file (and the line where there is one). While it runs, the file's import
+    root (`import_root`) is on `sys.path`, so a sweep file inside a package imports that
+    package whatever the current directory.
     """
     path_text, sep, arg = spec.partition(":")
     path = Path(path_text)
@@ -133,22 +137,46 @@ def load_sweep(spec: str) -> list[Overrides]:
     name = "sft_jax_sweep_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     loader = importlib.machinery.SourceFileLoader(name, str(path))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
-    try:
-        loader.exec_module(module)
-    except SyntaxError as err:
-        raise UserInputError(f"{path_text}:{err.lineno}: syntax error: {err.msg}") from None
-    except Exception as err:
-        raise UserInputError(f"{_where(err, path)}: loading the sweep file raised "
-                             f"{type(err).__name__}: {err}") from None
-    get_sweep = getattr(module, "get_sweep", None)
-    if not callable(get_sweep):
-        raise UserInputError(f"{path_text}: no get_sweep(arg) function")
-    try:
-        runs = get_sweep(arg if sep else None)
-    except Exception as err:
-        raise UserInputError(f"{_where(err, path)}: get_sweep raised {type(err).__name__}: "
-                             f"{err}") from None
+    with _importable(import_root(path)):
+        try:
+            loader.exec_module(module)
+        except SyntaxError as err:
+            raise UserInputError(f"{path_text}:{err.lineno}: syntax error: {err.msg}") from None
+        except Exception as err:
+            raise UserInputError(f"{_where(err, path)}: loading the sweep file raised "
+                                 f"{type(err).__name__}: {err}") from None
+        get_sweep = getattr(module, "get_sweep", None)
+        if not callable(get_sweep):
+            raise UserInputError(f"{path_text}: no get_sweep(arg) function")
+        try:
+            runs = get_sweep(arg if sep else None)
+        except Exception as err:
+            raise UserInputError(f"{_where(err, path)}: get_sweep raised "
+                                 f"{type(err).__name__}: {err}") from None
     return check_runs(runs, path_text)
+
+
+def import_root(path: Path) -> Path:
+    """The directory that imports of the file's own packages resolve from: the nearest
+    parent of its directory that is not a package (holds no `__init__.py`)."""
+    directory = path.resolve().parent
+    while (directory / "__init__.py").is_file():
+        directory = directory.parent
+    return directory
+
+
+@contextlib.contextmanager
+def _importable(directory: Path) -> Iterator[None]:
+    """`directory` first on `sys.path` for the duration (unless it is there already)."""
+    entry = str(directory)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
 
 
 def _where(err: Exception, path: Path) -> str:

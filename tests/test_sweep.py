@@ -292,3 +292,19 @@ def test_a_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tmp_path,
     assert proc.returncode == 0 and proc.stdout.count("(done)") == 2, proc.stderr
     proc = run_sweep(killed, sweep_file, {**overrides, "train.steps": 13}, "--dry_run")
     assert_user_error(proc, "sweep.json", "another sweep")
+
+
+def test_a_sweep_file_imports_its_own_package_from_any_directory(tmp_path, monkeypatch):
+    """`experiments/sweeps/*.py` import `experiments.sweeps`; `sft-jax sweep` (whose
+    sys.path holds no repository) finds it through the file's import root."""
+    package = tmp_path / "proj" / "labpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("RATES = [1e-4, 2e-4]\n")
+    (package / "grid.py").write_text(
+        "from labpkg import RATES\n\n"
+        "def get_sweep(arg=None):\n    return [{'optim.learning_rate': r} for r in RATES]\n")
+    monkeypatch.chdir(tmp_path)
+    assert sweeps.import_root(package / "grid.py") == (tmp_path / "proj").resolve()
+    runs = sweeps.load_sweep(str(package / "grid.py"))
+    assert runs == [{"optim.learning_rate": 1e-4}, {"optim.learning_rate": 2e-4}]
+    assert str((tmp_path / "proj").resolve()) not in sys.path  # only while it loads

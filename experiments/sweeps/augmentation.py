@@ -27,6 +27,7 @@ augmented set; TF-IDF fits the whole augmented set (seeds as runs).
 for tests. Read by notebooks/augmentation.ipynb.
 """
 
+from experiments.sweeps import TINY, short_runs
 from sft_jax import sweeps
 
 SIZES = [500, 2000, 0]  # 0: all 10,258
@@ -36,20 +37,7 @@ EDA = {  # size: (alpha of each operation, new sentences per original), Wei & Zo
     2000: (0.05, 8),
     0: (0.1, 4),
 }
-MINILM = {
-    "train.replicas": 3,
-    "train.steps": 150,
-    "train.eval_every": 50,
-    "train.log_every": 10,
-    "checkpoint.every": 50,
-    "checkpoint.export": False,
-    "eval.write_predictions": False,
-    "data.max_length": 64,
-    "data.buckets": (16, 32, 48, 64),
-    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
-}
-TINY_MINILM = {"train.replicas": 2, "checkpoint.export": False,
-               "eval.write_predictions": False, "train.progress_bar": False}
+MINILM = short_runs(150, 50)
 
 
 def eda(size: int) -> dict:
@@ -74,7 +62,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     tiny = [{"label": "none", "data.train_size": 16},
             {"label": "eda", "data.train_size": 16, **eda(500)}]
     if arg == "tiny":
-        return sweeps.product(tiny, [TINY_MINILM])
+        return sweeps.product(tiny, [TINY])
     if arg == "tfidf-tiny":
         return tiny
     if arg == "tfidf":

@@ -13,23 +13,14 @@ folds. Default: MiniLM-L6 (lr 1e-4); `:smollm2`: SmolLM2-135M-Instruct with its 
 head (lr 5e-5); `:tiny`: two folds of 2-fold cross-validation at runlocal size, for tests.
 """
 
+from experiments.sweeps import short_runs
 from sft_jax import sweeps
 
 POOLS = {"mr": "mr:all", "subj": "subj:all"}
 MODELS = {"minilm-l6": {"model.checkpoint": "minilm-l6", "optim.learning_rate": 1e-4},
           "smollm2": {"model.checkpoint": "smollm2-135m-instruct",
                       "optim.learning_rate": 5e-5}}
-FULL = {
-    "train.steps": 300,
-    "train.eval_every": 100,
-    "train.log_every": 20,
-    "checkpoint.every": 100,
-    "checkpoint.export": False,
-    "eval.write_predictions": False,
-    "data.max_length": 64,
-    "data.buckets": (16, 32, 48, 64),
-    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
-}
+FULL = short_runs(300, 100, replicas=1, log_every=20)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

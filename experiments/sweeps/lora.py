@@ -22,6 +22,7 @@ size of `configs/classification.py:runlocal`, 2 replicas: the notebook's code pa
 tests. Read by notebooks/lora.ipynb.
 """
 
+from experiments.sweeps import TINY, short_runs
 from sft_jax import sweeps
 
 QV = ("attention/(query|value)/kernel",)
@@ -49,20 +50,7 @@ SETTINGS = {
     "lora-r8-all": lora(8, ALL_KERNELS),
 }
 
-FULL = {
-    "train.replicas": 3,
-    "train.steps": 200,
-    "train.eval_every": 50,
-    "train.log_every": 10,
-    "checkpoint.every": 50,
-    "checkpoint.export": False,
-    "eval.write_predictions": False,
-    "data.max_length": 64,
-    "data.buckets": (16, 32, 48, 64),
-    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
-}
-TINY = {"train.replicas": 2, "checkpoint.export": False, "eval.write_predictions": False,
-        "train.progress_bar": False}
+FULL = short_runs(200, 50)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -16,6 +16,7 @@ Each run's `label` is its model. `:tiny` and `:tfidf-tiny` are two runs each at 
 of the configs' `runlocal` variants, for tests. Read by notebooks/model_choice.ipynb.
 """
 
+from experiments.sweeps import TINY, short_runs
 from sft_jax import sweeps
 
 SIZES = [500, 2000]
@@ -25,22 +26,7 @@ MODELS = {  # label: overrides (learning rates: the usual range of each kind)
                      "optim.learning_rate": 5e-5},
     "gemma3-270m": {"model.checkpoint": "gemma3-270m", "optim.learning_rate": 5e-5},
 }
-FULL = {
-    "train.replicas": 3,
-    "train.steps": 100,
-    "train.batch_size": 16,
-    "train.eval_every": 0,
-    "train.log_every": 10,
-    "checkpoint.every": 50,
-    "checkpoint.best_metric": "",
-    "checkpoint.export": False,
-    "eval.write_predictions": False,
-    "data.max_length": 64,
-    "data.buckets": (16, 32, 48, 64),
-    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
-}
-TINY = {"train.replicas": 2, "checkpoint.export": False, "eval.write_predictions": False,
-        "train.progress_bar": False}
+FULL = short_runs(100, 0, **{"train.batch_size": 16, "checkpoint.best_metric": ""})
 
 
 def labelled(names) -> list[dict]:

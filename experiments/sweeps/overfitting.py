@@ -22,6 +22,7 @@ path, for tests.
 Read by notebooks/overfitting.ipynb.
 """
 
+from experiments.sweeps import TINY, short_runs
 from sft_jax import sweeps
 
 SIZES = [100, 500, 2000, 0]  # 0: the whole training split
@@ -37,20 +38,7 @@ CONTROLS = {
     "label-smoothing": {**NO_REGULARISATION, "train.label_smoothing": 0.1},
 }
 
-FULL = {
-    "train.replicas": 3,
-    "train.steps": 150,
-    "train.eval_every": 30,
-    "train.log_every": 10,
-    "checkpoint.every": 30,
-    "checkpoint.export": False,
-    "eval.write_predictions": False,
-    "data.max_length": 64,
-    "data.buckets": (16, 32, 48, 64),
-    "train.progress_bar": False,  # each run's output goes to DIR/<run>/sweep.log
-}
-TINY = {"train.replicas": 2, "checkpoint.export": False, "eval.write_predictions": False,
-        "train.progress_bar": False}
+FULL = short_runs(150, 30)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
