@@ -173,7 +173,11 @@ def translate(lines: Sequence[str], *, root: str | Path | None = None) -> list[s
     """Apertium's Spanish for each English line: one output line per input line.
 
     `root` is the unpacked tree (default: the fetched asset, fetched if needed). Whitespace
-    in a line (newlines included) is collapsed to single spaces; a blank line gives "".
+    in a line (newlines included) is collapsed to single spaces, in the input and in the
+    output (a dropped subject pronoun leaves two); a blank line gives "". The lines are
+    one text to Apertium: a line never takes words from another, but state the transfer
+    rules carry across sentences can change a word (on the first 200 test verses of
+    `bible-en-es`, 185 came out as when translated alone, and corpus BLEU moved by 0.01).
     Raises UserInputError (one line) when the tree lacks the `apertium` script or the
     mode, when apertium fails (its last stderr line), or when its output does not have
     one paragraph per input line.
@@ -216,5 +220,5 @@ def translate(lines: Sequence[str], *, root: str | Path | None = None) -> list[s
         raise UserInputError(f"{NAME}: apertium {PAIR} gave {proc.stdout.count(chr(10))} "
                              f"output lines for {len(todo)} paragraphs; expected each input "
                              "line back as one line between empty lines")
-    it = iter(t.strip() for t in translated)
+    it = iter(" ".join(t.split()) for t in translated)
     return [next(it) if t else "" for t in texts]
