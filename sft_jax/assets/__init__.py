@@ -135,9 +135,9 @@ Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora`, `pang_lee`, `lexico
 `apertium` (each asset's `Asset` next to its build function; `apertium` also runs it),
 `registry` (`ASSETS`, `get`, `is_asset`), `download` (pip/apt by name, the cache,
 `fetch`), `sword` (the SWORD module reader used by `bible-en-es`, and `deb_files`),
-`__main__` (the CLI). This package
-imports nothing from `sft_jax.data`; `sft_jax.data.sources` imports it to read
-`ASSET:SPLIT` specs and `sft_jax.data.augment` to read `wordnet`. A new asset is an
+`__main__` (the CLI). This package imports nothing from `sft_jax.data`;
+`sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs and `sft_jax.data.augment`
+to read `wordnet`. A new asset is an
 `Asset` with a build function, declared in `models`, `corpora`, `pang_lee`, `lexicons`
 or `apertium` and listed in its `MODELS` / `CORPORA` / `LEXICONS` / `TOOLS`.
 
