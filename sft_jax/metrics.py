@@ -377,6 +377,30 @@ def rouge(
     return out
 
 
+def text_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    metrics: Sequence[str],
+    bleu_tokenize: str = "13a",
+) -> dict:
+    """What the seq2seq tasks report for generated text (`eval.metrics`,
+    `eval.bleu_tokenize`): ``generated`` (the number of predictions), then for "bleu"
+    `corpus_bleu`, for "chrf" `corpus_chrf`, for "rouge" `rouge` of the texts cut into one
+    sentence per line (`split_sentences_newlines`, for ROUGE-Lsum)."""
+    out: dict = {"generated": len(predictions)}
+    if "bleu" in metrics:
+        out.update(corpus_bleu(predictions, references, tokenize=bleu_tokenize))
+    if "chrf" in metrics:
+        out.update(corpus_chrf(predictions, references))
+    if "rouge" in metrics:
+        split = split_sentences_newlines
+        out.update(rouge([split(p) for p in predictions],
+                         [split(r) if isinstance(r, str) else [split(x) for x in r]
+                          for r in references]))
+    return out
+
+
 def split_sentences_newlines(text: str) -> str:
     """One sentence per line, for ``rougeLsum``; a simple rule, no nltk data needed.
 

@@ -136,6 +136,7 @@ def test_minilm_is_a_hugging_face_bert_dir():
 
 def test_unknown_asset_lists_known_names():
     with pytest.raises(UserInputError, match=r"^unknown asset 'nope' \(known: aclsum, "
+                       r"apertium-eng-spa, "
                        r"bible-en-es, chitchat, gemma3-270m, minilm-l6, mr, "
                        r"rotten-tomatoes, smollm2-135m-instruct, subj, wordnet\)$"):
         assets.fetch("nope")

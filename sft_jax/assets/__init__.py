@@ -124,14 +124,22 @@ Assets:
   copyright file). Read by `sft_jax.data.augment` for EDA synonyms. `fetch` returns the
   directory, a WordNet database directory.
 
-Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora`, `pang_lee` and `lexicons`
-(each asset's `Asset` next to its build function), `registry` (`ASSETS`, `get`,
-`is_asset`), `download` (pip/apt by name, the cache, `fetch`), `sword` (the SWORD module
-reader used by `bible-en-es`, and `deb_files`), `__main__` (the CLI). This package
-imports nothing from `sft_jax.data`; `sft_jax.data.sources` imports it to read
-`ASSET:SPLIT` specs and `sft_jax.data.augment` to read `wordnet`. A new asset is an
-`Asset` with a build function, declared in `models`, `corpora`, `pang_lee` or
-`lexicons` and listed in its `MODELS` / `CORPORA` / `LEXICONS`.
+- `apertium-eng-spa` (tool): Apertium's rule-based English→Spanish translator from
+  Debian bookworm (`apertium-eng-spa=0.8.1-2` and the programs and libraries its mode
+  runs: apertium, lttoolbox, apertium-lex-tools, gawk; GPL), each .deb unpacked with
+  `dpkg-deb -x` (no root) and its sha256 kept in `asset.json`; every fetch checks the pins
+  and each unpacked file's size. `fetch` returns the unpacked tree (`usr/...`);
+  `sft_jax.assets.apertium.translate(lines)` runs it. See `sft_jax.assets.apertium`.
+
+Modules: `base` (`Asset`, `cache_dir`), `models`, `corpora`, `pang_lee`, `lexicons` and
+`apertium` (each asset's `Asset` next to its build function; `apertium` also runs it),
+`registry` (`ASSETS`, `get`, `is_asset`), `download` (pip/apt by name, the cache,
+`fetch`), `sword` (the SWORD module reader used by `bible-en-es`, and `deb_files`),
+`__main__` (the CLI). This package imports nothing from `sft_jax.data`;
+`sft_jax.data.sources` imports it to read `ASSET:SPLIT` specs and `sft_jax.data.augment`
+to read `wordnet`. A new asset is an
+`Asset` with a build function, declared in `models`, `corpora`, `pang_lee`, `lexicons`
+or `apertium` and listed in its `MODELS` / `CORPORA` / `LEXICONS` / `TOOLS`.
 
 CLI: `python -m sft_jax.assets list` and `python -m sft_jax.assets fetch NAME`.
 """

