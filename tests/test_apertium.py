@@ -1,4 +1,4 @@
-"""Tests for the Apertium baseline (`sft_jax.assets.apertium`, `experiments.apertium_baseline`)
+"""Tests for the Apertium baseline (`sft_jax.assets.apertium`, `experiments.text_baselines`)
 without the network or the real tool: a fake `apertium` script in a made-up unpacked tree."""
 
 import json
@@ -7,7 +7,7 @@ import stat
 import pytest
 import sacrebleu
 
-from experiments import apertium_baseline
+from experiments import text_baselines
 from sft_jax import runs
 from sft_jax.assets import apertium
 from sft_jax.errors import UserInputError
@@ -87,8 +87,9 @@ def test_baseline_scores_as_sacrebleu_and_writes_a_run(tmp_path):
               "eval": {"splits": ["test"], "metrics": ["bleu", "chrf"],
                        "bleu_tokenize": "13a"}, "task": "apertium"}
     table = dict(zip(sources, hyps, strict=True))
-    results, seconds = apertium_baseline.evaluate(
-        records, tmp_path / "run", config, lambda lines: [table[x] for x in lines])
+    results, seconds = text_baselines.evaluate(
+        records, tmp_path / "run", config, lambda lines: [table[x] for x in lines],
+        "a table")
     test = results["test"]
     assert test["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert test["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
@@ -101,6 +102,30 @@ def test_baseline_scores_as_sacrebleu_and_writes_a_run(tmp_path):
     row, = runs.rows(runs.read_runs(tmp_path / "run"))
     assert row["finished"] and row["test/bleu"] == pytest.approx(test["bleu"])
     assert row["wall_seconds"] >= seconds["test"] >= 0
-    line = apertium_baseline.summary_line("t.jsonl", test, seconds["test"])
-    assert line.startswith(f"apertium-eng-spa on t.jsonl (3 examples): BLEU {test['bleu']:.1f}, "
+    assert test["params_from"] == "a table"
+    line = text_baselines.summary_line("apertium", "t.jsonl", test, seconds["test"])
+    assert line.startswith(f"apertium on t.jsonl (3 examples): BLEU {test['bleu']:.1f}, "
                            f"chrF {test['chrf']:.1f}, ")
+
+
+def test_lead_is_the_first_sentence_scored_by_rouge_score(tmp_path):
+    """Lead-1 keeps each source's first sentence (tokenized text too) and is scored with
+    rouge-score as the summarization task scores its models."""
+    from rouge_score import rouge_scorer
+
+    sources = ["We study X . However , it fails . We fix it .",
+               "Terms matter in MT. We propose Y, e.g. analogies. It works."]
+    assert text_baselines.lead_sentences(sources) == ["We study X .", "Terms matter in MT."]
+    refs = ["We study X and fix it .", "We propose Y for terms in MT."]
+    records = {"test": [{"document": s, "summary": r} for s, r in zip(sources, refs,
+                                                                        strict=True)]}
+    config = {"data": {"test": "a.jsonl", "source_field": "document",
+                       "target_field": "summary"},
+              "eval": {"splits": ["test"], "metrics": ["rouge"], "bleu_tokenize": "13a"},
+              "task": "lead"}
+    results, _ = text_baselines.evaluate(records, tmp_path / "lead", config,
+                                         text_baselines.lead_sentences, "Lead-1")
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    expected = [scorer.score(r, p)["rouge1"].fmeasure
+                for r, p in zip(refs, text_baselines.lead_sentences(sources), strict=True)]
+    assert results["test"]["rouge1"] == pytest.approx(100 * sum(expected) / 2, rel=1e-6)
