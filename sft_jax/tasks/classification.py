@@ -25,6 +25,7 @@ from sft_jax import storage
 from sft_jax.data import augment
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
+from sft_jax.generation import backtranslation
 from sft_jax.tasks.base import TaskBase, check_field, training_loss
 
 # A label is a class name or id; its string form is the class (`labels.json`).
@@ -40,9 +41,8 @@ class ClassificationTask(TaskBase):
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         # bad records stop the run before the model loads; train_size keeps label shares
         self.read_records(self._check_fields, label=self._label_key)
-        if data.augment and "train" in self.records:  # the training split only, seeded
-            self.records["train"] = augment.augment_records(self.records["train"], data,
-                                                            int(config.seed))
+        if data.augment and "train" in self.records:  # the training split only
+            self._augment()
         self.use_checkpoint()
 
         self.label_names = self._label_vocabulary(self.workdir)
@@ -77,6 +77,17 @@ class ClassificationTask(TaskBase):
         for i, field in enumerate(self.fields):
             check_field(record, field, f"data.{'text_field' if i == 0 else 'text_pair_field'}")
         check_field(record, self.config.data.label_field, "data.label_field", LABEL_TYPES)
+
+    def _augment(self) -> None:
+        """The training records under `data.augment`: EDA copies (seeded by `seed`) or
+        back-translated paraphrases (a model, before the classifier loads)."""
+        data, train = self.config.data, self.records["train"]
+        if data.augment == "eda":
+            self.records["train"] = augment.augment_records(train, data, int(self.config.seed))
+            return
+        self.records["train"], stats = backtranslation.augment_records(train, data,
+                                                                       self.workdir)
+        self.stats.update(stats)
 
     def _label_key(self, record: dict) -> str:
         return str(record[self.config.data.label_field])
