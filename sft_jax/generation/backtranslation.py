@@ -2,13 +2,15 @@
 
 Each source text goes English -> `data.bt_pivot` -> English with a decoder-only LM
 (`data.bt_model`, default the `gemma3-270m` asset, a multilingual base model) prompted by
-a few-shot translation prompt (`prompt`: three sentence pairs of `FEW_SHOT` as
-"<Language>: <sentence>" lines, blank-line separated, then the text and the target
-language's label). Decoding is greedy (`generation.loop.generate`), `data.bt_batch_size`
-texts per call, at most `data.bt_max_new_tokens` tokens per translation, stopping at EOS
-or at any token whose text holds a newline; the output is cut at its first newline and
-stripped. A newline inside a source text is read as a space in the prompt. A text whose
-pivot translation comes out empty gets an empty paraphrase (no second call).
+a few-shot translation prompt (`prompt`: "Translate <source> to <target>.", three
+sentence pairs of `FEW_SHOT` as "<Language>: <sentence>" lines, blank-line separated,
+then the text and the target language's label). Decoding is greedy
+(`generation.loop.generate`), `data.bt_batch_size` texts per call (the last batch filled
+with finished dummy rows, so one program serves every batch of a prompt bucket), at most
+`data.bt_max_new_tokens` tokens per translation, stopping at EOS or at any token whose
+text holds a newline; the output is cut at its first newline and stripped. A newline
+inside a source text is read as a space in the prompt. A text whose pivot translation
+comes out empty gets an empty paraphrase (no second call).
 
 Cache: `cache_file(cache_dir, settings)` is one JSONL per hash of (model, pivot, the two
 prompt templates, decoding settings), one line `{"text", "pivot_text", "paraphrase"}` per
@@ -118,7 +120,8 @@ def prompt(source: str, target: str, text: str) -> str:
     sentences = {SOURCE: _ENGLISH, **FEW_SHOT}
     shots = "".join(f"{source}: {a}\n{target}: {b}\n\n"
                     for a, b in zip(sentences[source], sentences[target], strict=True))
-    return f"{shots}{source}: {' '.join(text.splitlines())}\n{target}:"
+    return (f"Translate {source} to {target}.\n\n{shots}"
+            f"{source}: {' '.join(text.splitlines())}\n{target}:")
 
 
 def same_text(a: str, b: str) -> bool:
@@ -171,6 +174,10 @@ class Translator:
         self.model = ChatModel(model.module, model.config, model.params, model.tokenizer)
         self.stops = sorted(set(stop_token_ids(self.tokenizer))
                             | set(_newline_ids(str(model_dir), self.tokenizer)))
+
+    def close(self) -> None:
+        """Frees the weights (the compiled generation programs keep the model object)."""
+        self.model.params = None
 
     def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
         """Each text's translation (one line, stripped; "" for an empty text)."""
@@ -231,27 +238,37 @@ def paraphrases(texts: Iterable[str], settings: Settings, cache_dir: str | Path
     missing = sorted((t for t in texts if t not in rows), key=len)
     started = time.perf_counter()
     if missing:
+        log.info("backtranslation: %d of %d texts not in %s; generating them with %s",
+                 len(missing), len(texts), path, settings.model)
         translator = Translator(settings)
-        writer = None
-        if jax.process_index() == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _end_last_line(path)
-            writer = storage.AppendLines(path)
-        size = settings.batch_size
-        starts = range(0, len(missing), size)
-        for start in console.progress(starts, "backtranslation", total=len(starts)):
-            batch = missing[start:start + size]
-            pivot = translator.translate(batch, SOURCE, settings.pivot)
-            back = translator.translate(pivot, settings.pivot, SOURCE)
-            new = [{"text": t, "pivot_text": p, "paraphrase": b}
-                   for t, p, b in zip(batch, pivot, back, strict=True)]
-            rows.update((r["text"], r) for r in new)
-            if writer is not None:
-                writer.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+        try:
+            _generate(translator, missing, path, rows)
+        finally:
+            translator.close()
     log.info("backtranslation (%s via %s): %d texts, %d generated in %s, %d from %s",
              settings.model, settings.pivot, len(texts), len(missing),
              console.duration(time.perf_counter() - started), len(texts) - len(missing), path)
     return rows
+
+
+def _generate(translator: Translator, missing: Sequence[str], path, rows: dict) -> None:
+    """Back-translates `missing` batch by batch into `rows`, each batch appended to the
+    cache file `path` (process 0) as soon as it is done."""
+    settings, writer = translator.settings, None
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _end_last_line(path)
+        writer = storage.AppendLines(path)
+    starts = range(0, len(missing), settings.batch_size)
+    for start in console.progress(starts, "backtranslation", total=len(starts)):
+        batch = missing[start:start + settings.batch_size]
+        pivot = translator.translate(batch, SOURCE, settings.pivot)
+        back = translator.translate(pivot, settings.pivot, SOURCE)
+        new = [{"text": t, "pivot_text": p, "paraphrase": b}
+               for t, p, b in zip(batch, pivot, back, strict=True)]
+        rows.update((r["text"], r) for r in new)
+        if writer is not None:
+            writer.append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
 
 
 def _end_last_line(path) -> None:
