@@ -134,6 +134,7 @@ def _words(text: str) -> list[str]:
 
 
 def cache_file(cache_dir: str | Path, settings: Settings):
+    """The cache file of `settings` in `cache_dir` (local or remote)."""
     return storage.path(cache_dir) / f"backtranslation-{settings.key()}.jsonl"
 
 
