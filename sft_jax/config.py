@@ -59,10 +59,20 @@ def base_config() -> ml_collections.ConfigDict:
     # of synonym replacement, random insertion, random swap (n = max(1, alpha * words)
     # changes) and random deletion (each word with probability alpha); alpha 0 = not used.
     # Defaults: the paper's Table 3 for 5,000+ training sentences.
+    # | "backtranslation" (sft_jax.generation.backtranslation): one paraphrase per record,
+    # English -> bt_pivot -> English by the decoder LM bt_model (an asset or HF directory)
+    # with a few-shot prompt, greedy, bt_batch_size texts per call, at most
+    # bt_max_new_tokens tokens per translation; cached as JSONL in bt_cache
+    # ("" = WORKDIR/augment/; a shared directory lets a sweep's runs share one cache).
     config.data.augment = ""
     for op in ("sr", "ri", "rs", "rd"):  # data.eda_alpha_sr, _ri, _rs, _rd
         config.data[f"eda_alpha_{op}"] = 0.1
     config.data.eda_n_aug = 4
+    config.data.bt_model = "gemma3-270m"
+    config.data.bt_pivot = "Spanish"
+    config.data.bt_batch_size = 16
+    config.data.bt_max_new_tokens = 96
+    config.data.bt_cache = ""
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 5e-5

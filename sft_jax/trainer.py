@@ -437,10 +437,11 @@ class Trainer:
             cut = {k: v for k, v in self.task.data_stats().items()
                    if ("truncated" in k or "dropped" in k) and v}
             if cut:  # once per run, counted: the data record of metrics.jsonl has them all
-                log.warning("data: %s (of the records above; see data.max_length and the "
-                            "task's other length keys)",
+                see = "data.max_length and the task's other length keys" + (
+                    ", data.augment" if config.data.get("augment") else "")
+                log.warning("data: %s (of the records above; see %s)",
                             ", ".join(f"{k.replace('/', ' ').replace('_', ' ')} {v:,}"
-                                      for k, v in cut.items()))
+                                      for k, v in cut.items()), see)
         if start == 0:
             self.writer.write(0, "data", self.task.data_stats())
         self.writer.write(start, "model", {"params": self.num_params,

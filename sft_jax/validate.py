@@ -25,6 +25,7 @@ from sft_jax.data.augment import AUGMENTS
 from sft_jax.data.chat import LOSS_ON
 from sft_jax.data.seq2seq import check_template
 from sft_jax.errors import UserInputError
+from sft_jax.generation.backtranslation import PIVOTS
 from sft_jax.linear.models import CLASSIFIERS, FEATURES
 from sft_jax.models.attention import IMPLEMENTATIONS
 from sft_jax.models.common import REMAT_POLICIES, canonical_dtype
@@ -163,6 +164,11 @@ RULES: dict[str, Rule] = {
     "data.eda_alpha_rs": within(0, 1),
     "data.eda_alpha_rd": within(0, 1),
     "data.eda_n_aug": at_least(0),
+    "data.bt_model": Rule("str", bool, "a model asset name or Hugging Face directory"),
+    "data.bt_pivot": one_of(PIVOTS),
+    "data.bt_batch_size": at_least(1),
+    "data.bt_max_new_tokens": at_least(1),
+    "data.bt_cache": Rule("str"),
     "data.text_field": NAME,
     "data.text_pair_field": Rule("str"),
     "data.label_field": NAME,

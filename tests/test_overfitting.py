@@ -135,7 +135,7 @@ def test_dialogue_label_smoothing_in_training_only():
     ids = rng.integers(0, 11, (2, 8)).astype(np.int32)
     task = DialogueTask.__new__(DialogueTask)  # just what the loss reads
     task.module = SimpleNamespace(apply=lambda *args, **kwargs: {"logits": logits})
-    task.config = SimpleNamespace(train=SimpleNamespace(label_smoothing=0.2))
+    task.config = SimpleNamespace(train=SimpleNamespace(label_smoothing=0.2, loss_chunk=0))
     loss_mask = np.ones((2, 8), np.float32)
     loss_mask[:, :3] = 0
     batch = {"input_ids": ids, "positions": np.tile(np.arange(8), (2, 1)),

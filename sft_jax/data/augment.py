@@ -44,7 +44,8 @@ import ml_collections
 
 from sft_jax.errors import UserInputError
 
-AUGMENTS = ("", "eda")  # data.augment: "" = off
+# data.augment: "" = off; backtranslation is sft_jax.generation.backtranslation's (a model)
+AUGMENTS = ("", "eda", "backtranslation")
 Synonyms = Callable[[str], Sequence[str]]  # word -> its synonyms, sorted, never the word
 
 # The reference implementation's stop words (code/eda.py): never replaced by SR.

@@ -6,6 +6,8 @@
                     over the step_fn/cache contract
     encdec.py       `generate_ids`: the loop over an encoder-decoder family module
     chat.py         `ChatModel`: a decoder LM + chat template -> replies
+    backtranslation.py  paraphrases of training text through a pivot language (a
+                    prompted decoder LM), cached as JSONL (`data.augment=backtranslation`)
 
 Models reach the loop only through `models.registry` (modules, `init_cache`); nothing
 here imports a task or a CLI module.

@@ -54,6 +54,7 @@ from sft_jax.data import augment, chat, packing, sources
 from sft_jax.data.folds import cross_validation, subset_indices
 from sft_jax.data.packing import LazyMap
 from sft_jax.errors import UserInputError
+from sft_jax.generation import backtranslation
 from sft_jax.hf import export as hf_export
 from sft_jax.hf.checkpoint_dir import read_config
 from sft_jax.models import registry
@@ -282,12 +283,20 @@ class TaskBase:
         self.records = {split: records[split] for split in SPLITS if split in records}
 
     def augment_training(self) -> None:
-        """The training records with `data.augment` applied (`data.augment.augment_records`,
-        seeded by `seed`); nothing without `data.augment` or a training split."""
+        """The training records under `data.augment`: EDA copies added
+        (`data.augment.augment_records`, seeded by `seed`) or back-translated paraphrases
+        (`generation.backtranslation`: a translation model runs first, its counts join
+        `stats`); nothing without `data.augment` or a training split."""
         data = self.config.data
-        if data.augment and "train" in self.records:
+        if not data.augment or "train" not in self.records:
+            return
+        if data.augment == "eda":
             self.records["train"] = augment.augment_records(self.records["train"], data,
                                                             int(self.config.seed))
+            return
+        self.records["train"], stats = backtranslation.augment_records(
+            self.records["train"], data, self.workdir)
+        self.stats.update(stats)
 
     # Model -------------------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ class ClassificationTask(TaskBase):
         self.fields = [data.text_field] + ([data.text_pair_field] if data.text_pair_field else [])
         # bad records stop the run before the model loads; train_size keeps label shares
         self.read_records(self._check_fields, label=self._label_key)
-        self.augment_training()  # the training split only, seeded
-        self.use_checkpoint()
+        self.use_checkpoint()  # its errors before an augmentation's minutes of work
+        self.augment_training()  # the training split only
 
         self.label_names = self._label_vocabulary(self.workdir)
         self.label_ids = {name: i for i, name in enumerate(self.label_names)}

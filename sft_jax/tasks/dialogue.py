@@ -66,7 +66,7 @@ class DialogueTask(TaskBase):
         train = self.config.train
         losses, weights = self.lm_token_losses(
             params, batch, rng, deterministic, training_loss(train.label_smoothing),
-            chunk=int(train.get("loss_chunk", 0)))
+            chunk=int(train.loss_chunk))
         return jnp.sum(losses), {"weight": jnp.sum(weights)}
 
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:

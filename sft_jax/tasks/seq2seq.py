@@ -123,7 +123,7 @@ class Seq2SeqBase(TaskBase):
         train = self.config.train
         losses, weights = self.token_losses(params, batch, rng, deterministic,
                                             float(train.label_smoothing),
-                                            chunk=int(train.get("loss_chunk", 0)))
+                                            chunk=int(train.loss_chunk))
         return jnp.sum(losses), {"weight": jnp.sum(weights)}
 
     def eval_fn(self, params, batch: dict) -> dict[str, jax.Array]:
