@@ -154,14 +154,21 @@ def cli_args(overrides: dict) -> list[str]:
     return [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
+def xla_cpu_devices(n: int) -> str:
+    """XLA_FLAGS for `n` CPU devices in one process. The collective timeout is raised from
+    XLA's 40 s: on two cores shared with other work, one device's thread can wait that
+    long for a core, and XLA then aborts the process mid all-reduce."""
+    return (f"--xla_force_host_platform_device_count={n} "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+
+
 def run_two_processes(config: str, workdir: Path, overrides: dict) -> None:
     """`sft_jax.main` as two processes (two CPU devices each) joined over loopback;
     asserts that both exit 0."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_cpu_devices(2), JAX_PLATFORMS="cpu")
     procs = []
     for pid in range(2):
         args = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",

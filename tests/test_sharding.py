@@ -94,13 +94,14 @@ def _run(name: str, llama_dir: str, corpus: str, workdir: Path, mesh: dict) -> d
 def runs(tmp_path_factory, tiny_chat_model) -> dict[int, dict]:
     """Both models on 8 devices (fsdp=4, tensor=2; this file in a process of its own) and
     on this process's one device, concurrently."""
+    from conftest import xla_cpu_devices
     from test_seq2seq import write_parallel_corpus
 
     root = tmp_path_factory.mktemp("sharding")
     corpus = write_parallel_corpus(root / "corpus")
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               XLA_FLAGS=xla_cpu_devices(8),
                PYTHONPATH=os.pathsep.join(filter(None, [str(repo),
                                                         os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, __file__, str(root / "8.json"), str(tiny_chat_model), str(corpus),

@@ -23,13 +23,14 @@ from conftest import (
     read_metrics,
     run_two_processes,
     tiny_overrides,
+    xla_cpu_devices,
 )
 
 
 def run_cli(workdir: Path, overrides: dict, devices: int = 1, extra_env=None,
             config: str = "configs/classification.py:runlocal") -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_cpu_devices(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env.update(extra_env or {})
     cmd = [sys.executable, "-m", "sft_jax.main", f"--config={config}",

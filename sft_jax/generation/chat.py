@@ -33,9 +33,13 @@ class ChatModel:
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
 
     def step(self, params, input_ids, positions, segment_ids, cache):
+        """The float32 logits of the last position [B, 1, V] and the updated cache. The
+        LM head runs on that position only: a prompt's other positions need no logits,
+        and with a large vocabulary (Gemma 3: 262k) their head would cost the prefill as
+        much as the rest of the model."""
         out = self.module.apply({"params": params}, input_ids, positions=positions,
-                                segment_ids=segment_ids, cache=cache)
-        return out["logits"], out["cache"]
+                                segment_ids=segment_ids, cache=cache, lm_head=True)
+        return out["lm_head"](out["hidden_states"][:, -1:]), out["cache"]
 
     def init_cache(self, batch: int, max_length: int):
         return registry.init_cache(self.config, batch, max_length)

@@ -3,7 +3,9 @@ decoder-only and encoder-decoder models.
 
 The model is seen through two functions (the decoder contract):
     step_fn(params, input_ids [B,T], positions [B,T], segment_ids [B,T], cache)
-        -> (logits float [B,T,V], cache)
+        -> (logits float [B,T',V], cache)
+        where only the last of the T' positions is read (T' = T, or 1 when the step
+        computes the last position's logits alone, as `ChatModel.step` does)
     init_cache_fn(batch, max_length) -> cache
         e.g. `functools.partial(model.init_cache, config)`; a pytree
         {"index": int32 scalar (slots filled), "segment_ids": int32 [B,S] (0 = empty or
