@@ -317,7 +317,7 @@ def is_bert_norm(name: str) -> bool:
 SLOW_FILES = ("test_benchmark.py", "test_kill.py", "test_replicas.py", "test_seq2seq.py",
               "test_train.py", "test_sweep.py", "test_gemma3_asset.py", "test_sharding.py",
               "test_dialogue.py", "test_gguf.py", "test_bart.py", "test_workdir.py",
-              "test_peft.py")
+              "test_peft.py", "test_linear.py", "test_fast_paths.py", "test_notebooks.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
