@@ -23,7 +23,8 @@ translation rows decode the first 200 test verses, the summarization rows the fi
 test papers); 0 keeps all.
 
 `DIR` becomes a run directory in the format of `sft_jax.runs` (so `sft-jax report DIR`
-shows it beside trained runs), rewritten on every call:
+shows it beside trained runs); each call rewrites these files (a prediction file of a split
+not asked for again stays):
   config.json    the config's data and eval keys used, `task`: the method, `model`: what
                  produces the predictions (Apertium: the asset, packages, command),
                  `train.steps: 0`
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +50,7 @@ from typing import Any
 from sft_jax import metrics as metrics_lib
 from sft_jax.assets import apertium
 from sft_jax.errors import UserInputError
+from sft_jax.writers import peak_rss_mb, to_json
 
 
 def lead_sentences(sources: list[str], n: int = 1) -> list[str]:
@@ -85,7 +86,7 @@ METHODS = {
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(to_json(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def run_config(method: Method, config, splits: Sequence[str], limit: int) -> dict[str, Any]:
@@ -132,11 +133,11 @@ def evaluate(records: dict[str, list[dict]], workdir: Path, config_json: dict[st
                                     "reference": reference, "prediction": prediction},
                                    ensure_ascii=False) + "\n")
         seconds[split] = time.perf_counter() - split_started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
+    peak = peak_rss_mb()
     lines.append({"step": 0, "split": "session", "seconds": time.perf_counter() - started,
                   "train_seconds": 0.0, "start_step": 0, "peak_rss_mb": peak})
     (workdir / "metrics.jsonl").write_text(
-        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines),
+        "".join(to_json(line, ensure_ascii=False) + "\n" for line in lines),
         encoding="utf-8")
     _write_json(workdir / "results.json", results)
     return results, seconds

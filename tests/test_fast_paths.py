@@ -99,6 +99,20 @@ def test_attention_choice_errors():
             registry.build_model(hf, attention="cudnn")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto's CPU rule")
+def test_auto_chooses_blockwise_for_long_rows_without_a_bias():
+    from sft_jax.models import attention
+
+    long_rows = jnp.zeros((1, 8, 2, 4))  # B T N H: rows of more than one query
+    keys = attention.CPU_BLOCKWISE_FROM
+    assert attention.choose("auto", long_rows, keys, False) == "blockwise"
+    assert attention.choose("auto", long_rows, keys - 1, False) == "xla"
+    assert attention.choose("auto", long_rows[:, :1], keys, False) == "xla"  # one query
+    # a bias (T5) would be broadcast to [B, N, T, S] anyway: no memory saved
+    assert attention.choose("auto", long_rows, keys, False, jnp.zeros((1, 2, 8, 1))) == "xla"
+    assert attention.choose("blockwise", long_rows, 1, False) == "blockwise"
+
+
 LOSS_MODELS = {  # the heads: untied + soft-capped (decoders), tied + T5's scale,
     # untied + BART's bias (the dialogue test below: a tied decoder head)
     "gemma3": {"model_type": "gemma3_text", "vocab_size": V, "hidden_size": 32,

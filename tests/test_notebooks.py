@@ -42,17 +42,38 @@ def test_committed_notebook_holds_a_full_run(path: Path):
         assert "TINY = False" in nb.cells[index].source, f"{path.name}: not the full run"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_at_tiny_size(path: Path, tmp_path: Path):
+def execute_tiny(nb, workdir: Path):
+    """Runs `nb` with its outputs cleared and `TINY = True`, `WORKDIR = workdir` injected
+    after its parameters cell (when it has one), from the repository root."""
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     index = parameters_index(nb)
     if index is not None:
-        injected = nbformat.v4.new_code_cell(f"TINY = True\nWORKDIR = {str(tmp_path)!r}")
+        injected = nbformat.v4.new_code_cell(f"TINY = True\nWORKDIR = {str(workdir)!r}")
         nb.cells.insert(index + 1, injected)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO)}}).execute()
+    return nb
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_at_tiny_size(path: Path, tmp_path: Path):
+    execute_tiny(nbformat.read(path, as_version=4), tmp_path)
+
+
+def test_the_tiny_parameters_replace_the_full_ones(tmp_path: Path):
+    """The injected cell comes after the tagged one and before the rest; outputs of the
+    full run are cleared first."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('TINY = False\nWORKDIR = "workdirs"')
+    params.metadata["tags"] = ["parameters"]
+    stale = nbformat.v4.new_code_cell("seen = (TINY, WORKDIR)")
+    stale.outputs = [nbformat.v4.new_output("stream", name="stdout", text="full run\n")]
+    nb.cells = [params, stale, nbformat.v4.new_code_cell("print(seen)")]
+    done = execute_tiny(nb, tmp_path)
+    assert done.cells[1].source == f"TINY = True\nWORKDIR = {str(tmp_path)!r}"
+    assert done.cells[2].outputs == []  # the full run's output is gone
+    assert done.cells[3].outputs[0]["text"] == f"(True, {str(tmp_path)!r})\n"

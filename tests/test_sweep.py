@@ -308,3 +308,25 @@ def test_a_sweep_file_imports_its_own_package_from_any_directory(tmp_path, monke
     runs = sweeps.load_sweep(str(package / "grid.py"))
     assert runs == [{"optim.learning_rate": 1e-4}, {"optim.learning_rate": 2e-4}]
     assert str((tmp_path / "proj").resolve()) not in sys.path  # only while it loads
+
+
+LAB_SWEEPS = [  # (sweep file, its config, variants)
+    ("overfitting.py", "configs/classification.py", [None, "tiny"]),
+    ("lora.py", "configs/classification.py", [None, "tiny"]),
+    ("model_choice.py", "configs/classification.py", [None, "tiny"]),
+    ("model_choice.py", "configs/linear.py", ["tfidf", "tfidf-tiny"]),
+    ("augmentation.py", "configs/classification.py", [None, "tiny"]),
+    ("augmentation.py", "configs/linear.py", ["tfidf", "tfidf-tiny"]),
+    ("cv_mr_subj.py", "configs/classification.py", [None, "smollm2", "tiny"]),
+]
+
+
+@pytest.mark.parametrize("name,config,variants", LAB_SWEEPS,
+                         ids=[f"{n}-{c.split('/')[1]}" for n, c, _ in LAB_SWEEPS])
+def test_the_laboratory_sweep_files_plan(name, config, variants):
+    """Every variant of the committed sweep files names its runs uniquely and passes the
+    command line's parser with its config (keys, types)."""
+    for variant in variants:
+        spec = f"experiments/sweeps/{name}" + (f":{variant}" if variant else "")
+        plan = sweeps.make_plan(config, str(REPO / spec))
+        assert plan.runs, spec

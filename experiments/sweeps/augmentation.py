@@ -24,7 +24,7 @@ MiniLM trains 150 updates of 32 snippets truncated to 64 tokens per run (`train.
 validation every 50, the best validation params at the end), whatever the size of the
 augmented set; TF-IDF fits the whole augmented set (seeds as runs).
 `:tiny` / `:tfidf-tiny`: `none` and `eda` at the size of the configs' `runlocal` variants,
-for tests. Read by notebooks/augmentation.ipynb.
+for tests.
 """
 
 from experiments.sweeps import TINY, short_runs
@@ -65,8 +65,11 @@ def get_sweep(arg: str | None = None) -> list[dict]:
         return sweeps.product(tiny, [TINY])
     if arg == "tfidf-tiny":
         return tiny
-    if arg == "tfidf":
-        return sweeps.product(settings(SIZES, BT_SIZES), sweeps.seeds(3))
+    if arg == "tfidf":  # a seed changes nothing without a subset or EDA: one run there
+        return [run for setting in settings(SIZES, BT_SIZES)
+                for run in sweeps.product([setting], sweeps.seeds(
+                    1 if setting["data.train_size"] == 0 and setting["label"] != "eda"
+                    else 3))]
     if arg:
         raise ValueError(f"unknown sweep variant {arg!r} (known: tiny, tfidf, tfidf-tiny)")
     return sweeps.product(settings(SIZES, BT_SIZES), [MINILM])

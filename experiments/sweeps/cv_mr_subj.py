@@ -10,7 +10,8 @@ validation split (10%) from the other nine (`sweeps.folds(10)`); it trains 300 u
 32 sentences truncated to 64 tokens (about one epoch), evaluates validation every 100 and
 tests the params of the best validation accuracy. The report's mean ± std is over the ten
 folds. Default: MiniLM-L6 (lr 1e-4); `:smollm2`: SmolLM2-135M-Instruct with its last-token
-head (lr 5e-5); `:tiny`: two folds of 2-fold cross-validation at runlocal size, for tests.
+head (lr 5e-5); `:tiny`: folds 0 and 1 of MR's ten at runlocal size (the first 64
+sentences of the pool), for tests.
 """
 
 from experiments.sweeps import short_runs
@@ -25,7 +26,8 @@ FULL = short_runs(300, 100, replicas=1, log_every=20)
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     if arg == "tiny":
-        return sweeps.product([{"label": "mr", "data.train": POOLS["mr"]}], sweeps.folds(2),
+        return sweeps.product([{"label": "mr", "data.train": POOLS["mr"]}],
+                              sweeps.folds(10)[:2],
                               [{"checkpoint.export": False, "train.progress_bar": False}])
     if arg not in (None, "smollm2"):
         raise ValueError(f"unknown sweep variant {arg!r} (known: smollm2, tiny)")

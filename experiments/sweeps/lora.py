@@ -19,7 +19,7 @@ setting (`train.replicas=3`), validation every 50 updates. Settings (`SETTINGS`)
 The larger learning rates of the lighter methods follow their papers' ranges (the trained
 weights start at zero or see few parameters). `:tiny` is `bitfit` and `lora-r4-qv` at the
 size of `configs/classification.py:runlocal`, 2 replicas: the notebook's code path, for
-tests. Read by notebooks/lora.ipynb.
+tests.
 """
 
 from experiments.sweeps import TINY, short_runs

@@ -13,7 +13,7 @@ train the same 100 updates of 16 snippets truncated to 64 tokens, as `train.repl
 and are evaluated once, at the end (validation and test); `:tfidf` is the TF-IDF +
 logistic-regression baseline of `configs/linear.py` on the same subsets (seeds as runs).
 Each run's `label` is its model. `:tiny` and `:tfidf-tiny` are two runs each at the size
-of the configs' `runlocal` variants, for tests. Read by notebooks/model_choice.ipynb.
+of the configs' `runlocal` variants, for tests.
 """
 
 from experiments.sweeps import TINY, short_runs

@@ -19,7 +19,6 @@ compiled program). The validation split is evaluated every 30 updates: the learn
 of the notebook. `:tiny` is two runs at the size of `configs/classification.py:runlocal`
 (16 and all 64 records, `none` and `early-stopping`, 2 replicas): the notebook's code
 path, for tests.
-Read by notebooks/overfitting.ipynb.
 """
 
 from experiments.sweeps import TINY, short_runs

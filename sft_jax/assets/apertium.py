@@ -30,8 +30,9 @@ command is `apertium -u -f txt -d DIR eng-spa` (`-u`: no `*` before unknown word
 stay in English). Lines are sent as paragraphs, separated by an empty line: Apertium
 translates sentences, not lines, and with single newlines it moves words across lines
 that end without punctuation ("big red" / "dog runs" came out as "carreras de" /
-"perro rojas grandes"); a paragraph break ends a sentence, so each line is translated
-as it would be alone.
+"perro rojas grandes"); a paragraph break ends a sentence, so no word moves between
+lines (the transfer rules still carry some state from one sentence to the next:
+`translate` says how much).
 """
 
 from __future__ import annotations

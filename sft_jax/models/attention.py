@@ -6,12 +6,17 @@
                blocks with float32 accumulators (running max, normaliser, output); each
                block's step is rematerialised, so neither pass holds more than one block
                of [B, N, T, block] scores. Same masks, bias and results as `xla` (to
-               float32 rounding); dropout draws its own bits per block.
+               float32 rounding); dropout draws its own bits per block. An additive bias
+               (T5's relative positions) is broadcast to [B, N, T, S] first (and, when
+               it trains, so is its gradient): with a bias the scores' memory is not
+               saved, and `auto` does not choose it.
     cudnn      `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN's fused
                (flash) attention, GPU only, float16/bfloat16, no attention dropout.
     auto       per call, from the backend and the shapes (`choose`): on CPU `xla` up to
                `CPU_BLOCKWISE_FROM` keys, `blockwise` from there (rows of more than one
-               query); on GPU `cudnn` where it applies, else `xla`; elsewhere `xla`.
+               query, no bias); on GPU `cudnn` where it applies (float16/bfloat16, no
+               dropout, head size a multiple of 8 up to 128; not yet run on a GPU by the
+               tests), else `xla`; elsewhere `xla`.
 
 Every implementation takes q [B, T, N, H], k/v [B, S, K, H] (N = K * G, query head n
 reads kv head n // G), a boolean mask and an additive bias broadcastable to [B, N, T, S],
@@ -56,14 +61,16 @@ def _cudnn_applies(query: Array, dropout: bool) -> bool:
             and h <= 128 and h % 8 == 0)
 
 
-def choose(name: str, query: Array, key_length: int, dropout: bool) -> str:
+def choose(name: str, query: Array, key_length: int, dropout: bool,
+           bias: Array | None = None) -> str:
     """The implementation `name` ('auto' resolved by the backend and the shapes) runs."""
     if name != "auto":
         return name
     backend = jax.default_backend()
     if backend == "gpu" and _cudnn_applies(query, dropout):
         return "cudnn"
-    if backend == "cpu" and query.shape[1] > 1 and key_length >= CPU_BLOCKWISE_FROM:
+    if (backend == "cpu" and bias is None and query.shape[1] > 1
+            and key_length >= CPU_BLOCKWISE_FROM):
         return "blockwise"
     return "xla"
 

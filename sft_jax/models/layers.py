@@ -318,7 +318,8 @@ def dot_product_attention(
     g = n // k_heads
     scale = h**-0.5 if scale is None else scale
     dropout = dropout_rng is not None and dropout_rate > 0.0
-    implementation = attention_impl.choose(implementation, query, key.shape[1], dropout)
+    implementation = attention_impl.choose(implementation, query, key.shape[1], dropout,
+                                           bias)
     if implementation == "blockwise":
         return attention_impl.blockwise_attention(
             query, key, value, mask=mask, bias=bias, scale=scale, block=block,

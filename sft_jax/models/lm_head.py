@@ -3,9 +3,9 @@
 A model called with `lm_head=True` returns, instead of 'logits' [B, T, V], its final
 hidden states 'hidden_states' [B, T, D] and an `LmHead`, whose call gives the same
 float32 logits for any rows of hidden states. A loss can then compute the logits a few
-rows at a time (`sft_jax.tasks.lm_loss`), so that the [B·T, V] float32 logits and their
-gradient are never held at once. The head's arrays come from the model's params inside
-`apply`, so gradients reach the token table or `lm_head` kernel through it.
+rows at a time (`sft_jax.tasks.base.chunked_token_losses`), so that the [B·T, V] float32
+logits and their gradient are never held at once. The head's arrays come from the model's
+params inside `apply`, so gradients reach the token table or `lm_head` kernel through it.
 """
 
 from __future__ import annotations

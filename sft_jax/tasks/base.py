@@ -9,7 +9,8 @@ with its place `_where`), `stats` (logged once) and the rows the train loop read
                             data.limit_train / data.limit_eval, each record passed to
                             `check` (before the model loads; `check_field` gives
                             the one message for a missing or mistyped field)
-  augment_training()        data.augment (EDA) applied to the training records
+  augment_training()        data.augment applied to the training records (EDA copies,
+                            or back-translated paraphrases: a translation model runs)
   use_checkpoint(...)       model.checkpoint -> model_dir, tokenizer, hf_config (errors
                             name the config key); `with_dropout` applies model.dropout
   build(where, **head)      module, module_config from hf_config (`models.registry`)
@@ -177,7 +178,7 @@ def chunked_token_losses(
 
 
 def lm_head_kwargs(chunk: int) -> dict[str, bool]:
-    """The model call's keywords for a loss in chunks of `chunk` rows (0: none)."""
+    """The model call's keywords for a loss in chunks of about `chunk` tokens (0: none)."""
     return {"lm_head": True} if chunk > 0 else {}
 
 
@@ -391,7 +392,7 @@ class TaskBase:
                         loss: Callable[[jax.Array, jax.Array], jax.Array], chunk: int = 0):
         """(loss(logits, targets) * weights, weights), [B, L] each, of a decoder LM on a
         `data.packing` batch: next-token targets inside each segment, weighted by the
-        loss mask. `chunk` > 0: the logits `chunk` rows at a time
+        loss mask. `chunk` > 0: the logits about `chunk` tokens at a time
         (`chunked_token_losses`)."""
         out = self.module.apply(
             {"params": params}, batch["input_ids"], positions=batch["positions"],

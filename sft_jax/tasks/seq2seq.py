@@ -77,7 +77,7 @@ class Seq2SeqBase(TaskBase):
 
     A subclass sets up the model (`setup_model`), its features (`build_features`), and
     provides `token_losses(params, batch, rng, deterministic, smoothing, chunk=0)` ->
-    (losses, weights) [B, T] (the logits `chunk` rows at a time when > 0:
+    (losses, weights) [B, T] (the logits about `chunk` tokens at a time when > 0:
     `tasks.base.chunked_token_losses`) and `generate(split, n, params, sampling,
     **search)` -> the first n examples' predicted texts."""
 
