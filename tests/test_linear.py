@@ -133,6 +133,11 @@ def test_run_directories_read_as_runs_and_report(corpus, tmp_path):
     report = reporting.write_report(sweep, plots=False)
     assert report.split == "test" and "accuracy" in report.metrics
     assert len(report.groups) == 2
+    # A fit has nothing to resume: the same command again leaves one fit's records.
+    train_and_evaluate(_config("nbsvm", corpus, **{"eval.write_predictions": False}),
+                       sweep / "nbsvm")
+    again = runs.read_records(sweep / "nbsvm")
+    assert [r["split"] for r in again] == ["data", "model", "validation", "test", "session"]
 
 
 def test_eda_applies_to_the_training_split_as_for_classification(corpus, tmp_path,

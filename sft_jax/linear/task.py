@@ -17,7 +17,8 @@ The features are fitted on the training texts. With `linear.c_grid` non-empty, a
 validation split and a classifier with a C (logreg, nbsvm), the model is fitted for each
 C of the grid and the one with the best validation accuracy kept (ties: the smaller C);
 otherwise C = `linear.C`. The run directory then holds, as a trained run's
-(`sft_jax.runs`), every record at step 0:
+(`sft_jax.runs`), every record at step 0 (a fit has nothing to resume: a run in a
+directory that holds one starts its metrics.jsonl afresh):
   config.json     the config
   metrics.jsonl   `data` (examples per split, `features`), `model` (`params` =
                   `trained_params`: weights and biases; `C` where the classifier has
@@ -162,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if jax.process_index() != 0:
             return {}
         storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        storage.write_text(workdir / "metrics.jsonl", "")  # this fit's records only
         writer = MetricWriter(workdir, tensorboard=False)  # every record is at step 0
         writer.write(0, "data", task.data_stats())
         writer.write(0, "model", {"params": model.num_params, "trained_params": model.num_params,
