@@ -50,7 +50,7 @@ from typing import Any
 from sft_jax import metrics as metrics_lib
 from sft_jax.assets import apertium
 from sft_jax.errors import UserInputError
-from sft_jax.writers import peak_rss_mb, to_json
+from sft_jax.writers import MetricWriter, peak_rss_mb, to_json
 
 
 def lead_sentences(sources: list[str], n: int = 1) -> list[str]:
@@ -113,8 +113,8 @@ def evaluate(records: dict[str, list[dict]], workdir: Path, config_json: dict[st
     data, ev = config_json["data"], config_json["eval"]
     (workdir / "predictions").mkdir(parents=True, exist_ok=True)
     _write_json(workdir / "config.json", config_json)
-    lines = [{"step": 0, "split": "data",
-              **{f"{s}/examples": len(rs) for s, rs in records.items()}}]
+    writer = MetricWriter(workdir, tensorboard=False, fresh=True)  # every record at step 0
+    writer.write(0, "data", {f"{s}/examples": len(rs) for s, rs in records.items()})
     results: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     for split, rows in records.items():
@@ -125,7 +125,7 @@ def evaluate(records: dict[str, list[dict]], workdir: Path, config_json: dict[st
         scores = metrics_lib.text_metrics(predictions, references, metrics=ev["metrics"],
                                           bleu_tokenize=ev["bleu_tokenize"])
         results[split] = {**scores, "params_from": params_from}
-        lines.append({"step": 0, "split": split, "final": 1, **results[split]})
+        writer.write(0, split, {"final": 1, **results[split]})
         with open(workdir / "predictions" / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r, source, reference, prediction in zip(rows, sources, references,
                                                         predictions, strict=True):
@@ -133,12 +133,10 @@ def evaluate(records: dict[str, list[dict]], workdir: Path, config_json: dict[st
                                     "reference": reference, "prediction": prediction},
                                    ensure_ascii=False) + "\n")
         seconds[split] = time.perf_counter() - split_started
-    peak = peak_rss_mb()
-    lines.append({"step": 0, "split": "session", "seconds": time.perf_counter() - started,
-                  "train_seconds": 0.0, "start_step": 0, "peak_rss_mb": peak})
-    (workdir / "metrics.jsonl").write_text(
-        "".join(to_json(line, ensure_ascii=False) + "\n" for line in lines),
-        encoding="utf-8")
+    writer.write(0, "session", {"seconds": time.perf_counter() - started,
+                                "train_seconds": 0.0, "start_step": 0,
+                                "peak_rss_mb": peak_rss_mb()})
+    writer.close()
     _write_json(workdir / "results.json", results)
     return results, seconds
 

@@ -55,12 +55,16 @@ def to_json(value: Any, **kwargs) -> str:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
-        """`tensorboard=False`: metrics.jsonl only (a run with nothing to plot over steps)."""
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, fresh: bool = False):
+        """`tensorboard=False`: metrics.jsonl only (a run with nothing to plot over steps);
+        `fresh=True`: metrics.jsonl starts empty (a run with nothing to resume, whose
+        earlier records in the directory are not its own)."""
         self.enabled = jax.process_index() == 0
         self.path = storage.path(workdir) / "metrics.jsonl"
         self._tb = self._lines = None
         if self.enabled:
+            if fresh:
+                storage.write_text(self.path, "")
             self._lines = storage.AppendLines(self.path)  # a remote one: read once, here
             if tensorboard:
                 self._tb = storage.tensorboard_writer(storage.path(workdir) / "tensorboard")

@@ -163,8 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if jax.process_index() != 0:
             return {}
         storage.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
-        storage.write_text(workdir / "metrics.jsonl", "")  # this fit's records only
-        writer = MetricWriter(workdir, tensorboard=False)  # every record is at step 0
+        # every record is at step 0; this fit's records only
+        writer = MetricWriter(workdir, tensorboard=False, fresh=True)
         writer.write(0, "data", task.data_stats())
         writer.write(0, "model", {"params": model.num_params, "trained_params": model.num_params,
                                   "replicas": 1, **({} if c is None else {"C": c})})
