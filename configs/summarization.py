@@ -9,13 +9,17 @@ ROUGE-1/2/L/Lsum of greedy summaries of the first test examples.
     python -m sft_jax.main --config=configs/summarization.py --workdir=/tmp/aclsum-base \
         --config.train.steps=0          # ROUGE of the model before fine-tuning
     python -m sft_jax.main --config=configs/summarization.py:runlocal --workdir=/tmp/as-tiny
+    python -m sft_jax.main --config=configs/summarization.py:gemma --workdir=/tmp/aclsum-gemma
     python -m sft_jax.main --config=configs/summarization.py:t5 --workdir=/tmp/aclsum-t5
     python -m sft_jax.main --config=configs/summarization.py:t5 --workdir=/tmp/aclsum-t5 \
         --config.model.checkpoint=path/to/t5-small   # a local T5 checkpoint instead
 
 `arg` is a comma-separated list of variants: `runlocal` (a tiny run for a laptop or CI),
 `t5` (a small T5 encoder-decoder from scratch with a unigram tokenizer trained on the
-training split, "summarize {aspect}: " as the source prefix). `model.checkpoint`, when
+training split, "summarize {aspect}: " as the source prefix), `gemma` (Gemma-3-270M base
+prompted in plain text with no chat template: the instruction, the paper, then
+"Summary of the {aspect}:" and the summary on its own line; a reply ends at EOS or at
+its first newline). `model.checkpoint`, when
 set, takes precedence over `model.from_scratch`.
 """
 
@@ -25,7 +29,8 @@ from sft_jax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = config_lib.parse_variants(arg, {"runlocal", "t5"}, "configs/summarization.py")
+    variants = config_lib.parse_variants(arg, {"runlocal", "t5", "gemma"},
+                                         "configs/summarization.py")
     config = config_lib.seq2seq_keys(config_lib.base_config())
 
     config.model.checkpoint = "smollm2-135m-instruct"
@@ -94,6 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.generation_batch_size = 16
         config.eval.stop_tokens = ()
         config.checkpoint.every = 100
+
+    if "gemma" in variants:
+        config.model.checkpoint = "gemma3-270m"
+        config.data.prompt_template = ("Summarize the {aspect} of this paper in one sentence."
+                                       "\n\nPaper:\n{source}\n\nSummary of the {aspect}:\n")
+        config.eval.stop_tokens = ("\n", "\n\n")
 
     if "runlocal" in variants:
         config.data.limit_train = 8

@@ -9,13 +9,19 @@ row (packing); BLEU and chrF of beam-search translations of the first
     python -m sft_jax.main --config=configs/translation.py --workdir=/tmp/bible
     python -m sft_jax.main --config=configs/translation.py:runlocal --workdir=/tmp/bible-tiny
     python -m sft_jax.main --config=configs/translation.py:decoder --workdir=/tmp/bible-lm
+    python -m sft_jax.main --config=configs/translation.py:gemma --workdir=/tmp/bible-gemma
+    python -m sft_jax.main --config=configs/translation.py:gemma --workdir=/tmp/bible-gemma0 \
+        --config.train.steps=0          # the same model before fine-tuning
     python -m sft_jax.main --config=configs/translation.py --workdir=/tmp/bible \
         --config.model.checkpoint=path/to/t5-small \
         --config.data.source_prefix="translate English to Spanish: "
                                         # fine-tune a local T5 checkpoint (its tokenizer)
 
 `arg` is a comma-separated list of variants: `runlocal` (a tiny run for a laptop or CI),
-`decoder` (SmolLM2-135M-Instruct prompted to translate, loss on the Spanish only).
+`decoder` (SmolLM2-135M-Instruct prompted to translate, loss on the Spanish only),
+`gemma` (Gemma-3-270M base, multilingual, prompted in plain text with no chat template:
+"English:" and the verse, then "Spanish:" and the translation on its own line; loss on the
+Spanish only; a reply ends at EOS or at its first newline).
 `model.checkpoint`, when set, takes precedence over `model.from_scratch`.
 """
 
@@ -25,7 +31,8 @@ from sft_jax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = config_lib.parse_variants(arg, {"runlocal", "decoder"}, "configs/translation.py")
+    variants = config_lib.parse_variants(arg, {"runlocal", "decoder", "gemma"},
+                                         "configs/translation.py")
     config = config_lib.seq2seq_keys(config_lib.base_config())
 
     config.model.from_scratch = ml_collections.ConfigDict({
@@ -92,6 +99,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.generate_limit = 40
         config.eval.stop_tokens = ("<|im_end|>",)
         config.data.limit_eval = 100
+        config.checkpoint.every = 20
+
+    if "gemma" in variants:
+        config.model.from_scratch = ml_collections.ConfigDict()
+        config.model.checkpoint = "gemma3-270m"
+        config.data.prompt_template = ("Translate the English text to Spanish.\n\n"
+                                       "English:\n{source}\n\nSpanish:\n")
+        config.data.max_source_length = 96  # Gemma tokens: a verse averages ~35
+        config.data.max_target_length = 96
+        config.data.max_length = 256  # packed rows of prompt + translation (~3 pairs)
+        config.train.label_smoothing = 0.0
+        config.optim.learning_rate = 5e-5
+        config.optim.schedule = "linear"
+        config.optim.warmup_ratio = 0.1
+        config.optim.weight_decay = 0.0
+        config.train.steps = 60
+        config.train.batch_size = 4
+        config.train.log_every = 5
+        config.eval.batch_size = 8
+        config.eval.num_beams = 1
+        config.eval.max_new_tokens = 96
+        config.eval.generation_batch_size = 8
+        config.eval.stop_tokens = ("\n", "\n\n")
+        config.data.limit_eval = 200
         config.checkpoint.every = 20
 
     if "runlocal" in variants:

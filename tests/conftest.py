@@ -212,6 +212,31 @@ def tiny_chat_model(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_gemma_base(tmp_path_factory):
+    """A tiny random Gemma 3 with Gemma-3-270M's real tokenizer (from the `gemma3-270m`
+    asset): a base model's tokenizer, with no chat template."""
+    import torch
+    import transformers
+
+    from sft_jax import assets
+
+    gemma = assets.fetch("gemma3-270m")
+    path = tmp_path_factory.mktemp("tiny_gemma")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(gemma / name, path / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    transformers.Gemma3ForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def crash_during_step(trainer, step: int) -> None:
     """Makes `trainer` raise RuntimeError("simulated crash") when it starts update `step`
     (after the updates before it ran, and their checkpoints were saved)."""

@@ -23,6 +23,8 @@ from conftest import (
     run_two_processes,
 )
 
+from sft_jax.generation.sampling import stop_token_ids
+
 EN_ES = {"the": "el", "cat": "gato", "dog": "perro", "eats": "come", "sees": "ve",
          "big": "grande", "small": "pequeño", "house": "casa", "man": "hombre",
          "water": "agua", "drinks": "bebe", "and": "y", "sleeps": "duerme", "bread": "pan"}
@@ -238,3 +240,39 @@ def test_seq2seq_picks_the_task_by_the_model(t5_task, corpus, tiny_bert_dir, tmp
         "model.checkpoint": str(tiny_bert_dir)})
     with pytest.raises(UserInputError, match="is an encoder; seq2seq needs an encoder-decoder"):
         tasks.get_task(config, tmp_path)
+
+
+def test_gemma_variant_prompts_in_plain_text(corpus, tiny_gemma_base, tmp_path):
+    """`translation.py:gemma` on a base model without a chat template: the training row is
+    <bos> + the plain prompt + the Spanish + <eos>, the loss on the Spanish and <eos> only,
+    and generation starts from exactly the tokens before the loss; a newline stops a reply."""
+    from sft_jax import tasks
+
+    config = apply_overrides(load_config("translation", "gemma,runlocal"), {
+        "model.checkpoint": str(tiny_gemma_base),
+        "data.train": str(corpus / "train.jsonl"),
+        "data.validation": "",
+        "data.test": str(corpus / "test.jsonl"),
+    })
+    task = tasks.get_task(config, tmp_path)
+    assert task.tokenizer.chat_template is None
+    record, example = task.records["train"][0], task.examples["train"][0]
+    assert task.prompts["train"][0] == ("Translate the English text to Spanish.\n\n"
+                                        f"English:\n{record['en']}\n\nSpanish:\n")
+    ids, mask = list(example["input_ids"]), example["loss_mask"] > 0
+    first_target = int(np.argmax(mask))
+    assert task.tokenizer.decode(example["input_ids"][mask]) == record["es"] + "<eos>"
+    assert mask[first_target:].all()
+    prompt = task.chat_model.prompt_ids([{"role": "user", "content": task.prompts["train"][0]}])
+    assert prompt == ids[:first_target]
+    assert prompt[0] == task.tokenizer.bos_token_id
+    newline = task.tokenizer.convert_tokens_to_ids("\n")
+    assert newline in stop_token_ids(task.tokenizer, config.eval.stop_tokens)
+
+
+def test_summarization_gemma_runlocal(tmp_path, tiny_gemma_base):
+    """`summarization.py:gemma,runlocal` on aclsum: trains and scores greedy summaries."""
+    check(run_cli(tmp_path, "configs/summarization.py:gemma,runlocal",
+                  {"model.checkpoint": tiny_gemma_base, "train.steps": 1}))
+    final = read_metrics(tmp_path, "test")[-1]
+    assert final["generated"] == 2 and 0.0 <= final["rougeL"] <= 100.0
