@@ -34,6 +34,7 @@ import numpy as np
 
 from sft_jax.models import attention as attention_impl
 from sft_jax.models import axes
+from sft_jax.models.dense_dot import dense_dot
 
 Array = jax.Array
 Dtype = Any
@@ -96,11 +97,7 @@ class DenseGeneral(nn.Module):
         )
         x = x.astype(self.dtype)
         kernel = jnp.asarray(kernel, self.dtype)
-        contract = (
-            tuple(range(x.ndim - self.in_dims, x.ndim)),
-            tuple(range(self.in_dims)),
-        )
-        y = jax.lax.dot_general(x, kernel, (contract, ((), ())), precision=self.precision)
+        y = dense_dot(x, kernel, self.in_dims, self.precision)
         if self.use_bias:
             bias = self.param(
                 "bias",

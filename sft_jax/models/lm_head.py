@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from sft_jax.models import axes
+from sft_jax.models.dense_dot import dense_dot
 
 Array = jax.Array
 
@@ -45,7 +46,7 @@ class LmHead:
         if self.scale is not None:
             x = x * self.scale
         x, weight = x.astype(self.dtype), self.weight.astype(self.dtype)
-        logits = jnp.dot(x, weight.T) if self.transposed else jnp.dot(x, weight)
+        logits = dense_dot(x, weight.T if self.transposed else weight)
         if x.ndim == 3:
             logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         logits = logits.astype(jnp.float32)

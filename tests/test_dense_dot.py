@@ -1,0 +1,75 @@
+"""`models.dense_dot`: float32 is jax's own product and gradient; in bfloat16 the forward
+product and both gradients multiply bfloat16 operands into float32, against float32
+references, under jit, grad and vmap (replicas)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sft_jax.models.dense_dot import dense_dot
+
+CASES = [  # (x shape, w shape, in_dims)
+    ((6, 8), (8, 12), 1),  # rows of an LM head: T D · D V
+    ((2, 5, 8), (8, 12), 1),  # B T D · D F
+    ((2, 5, 8), (8, 3, 4), 1),  # a q projection: B T D · D N H
+    ((2, 5, 3, 4), (3, 4, 8), 2),  # an out projection: B T N H · N H D
+]
+
+
+def _case(x_shape, w_shape, in_dims):
+    """x, w and a cotangent g of the product's shape, float32."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    g_shape = x_shape[: len(x_shape) - in_dims] + w_shape[in_dims:]
+    return (jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape),
+            jax.random.normal(kg, g_shape))
+
+
+def _jax_dot(x, w, in_dims, precision=None):
+    contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+    return jax.lax.dot_general(x, w, (contract, ((), ())), precision=precision)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, in_dims", CASES)
+def test_float32_is_jax_dot_general_and_its_gradient(x_shape, w_shape, in_dims):
+    x, w, g = _case(x_shape, w_shape, in_dims)
+    out, pull = jax.vjp(lambda x, w: dense_dot(x, w, in_dims), x, w)
+    ref, ref_pull = jax.vjp(lambda x, w: _jax_dot(x, w, in_dims), x, w)
+    np.testing.assert_array_equal(out, ref)
+    for got, want in zip(pull(g), ref_pull(g), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, in_dims", CASES)
+def test_bfloat16_products_accumulate_in_float32(x_shape, w_shape, in_dims):
+    """Forward and gradients equal the float32 products of the bfloat16 operands up to the
+    final rounding to bfloat16, with bfloat16 results."""
+    x, w, g = (a.astype(jnp.bfloat16) for a in _case(x_shape, w_shape, in_dims))
+    out, pull = jax.vjp(lambda x, w: dense_dot(x, w, in_dims), x, w)
+    dx, dw = jax.jit(pull)(g)
+    assert out.dtype == dx.dtype == dw.dtype == jnp.bfloat16
+
+    exact = jax.lax.Precision.HIGHEST
+    f32 = [a.astype(jnp.float32) for a in (x, w, g)]
+    ref, ref_pull = jax.vjp(lambda x, w: _jax_dot(x, w, in_dims, exact), *f32[:2])
+    ref_dx, ref_dw = ref_pull(f32[2])
+    for got, want in ((out, ref), (dx, ref_dx), (dw, ref_dw)):  # within bf16 rounding
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want),
+                                   rtol=2**-8, atol=2**-8)
+
+
+def test_bfloat16_gradient_under_vmap_equals_each_replica_alone():
+    x, w, g = (a.astype(jnp.bfloat16) for a in _case((2, 5, 8), (8, 12), 1))
+    xs, ws = jnp.stack([x, x * 2]), jnp.stack([w, -w])
+
+    def grads(x, w):
+        return jax.grad(lambda x, w: jnp.sum(dense_dot(x, w).astype(jnp.float32)
+                                             * g.astype(jnp.float32)), argnums=(0, 1))(x, w)
+
+    batched = jax.vmap(grads)(xs, ws)
+    for i in range(2):
+        for got, want in zip((b[i] for b in batched), grads(xs[i], ws[i]), strict=True):
+            np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                          np.asarray(want, np.float32))
