@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 TRAIN_GOAL, TRAIN_STRETCH, DECODE_GOAL, PACKING_GOAL = 1.0, 1.5, 1.5, 2.0
+# The warm-up step's loss, ours vs eager PyTorch (same weights and batch), relative.
+FIRST_LOSS_TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 3e-2}
 
 
 def targets(r: dict) -> list[dict]:
@@ -20,6 +22,9 @@ def targets(r: dict) -> list[dict]:
         add(f"{label}: ours/torch eager tokens/s", row.get("ratio_vs_eager"), TRAIN_GOAL)
         if row.get("ratio_vs_compile") is not None:
             add(f"{label}: ours/torch.compile tokens/s", row["ratio_vs_compile"], TRAIN_GOAL)
+        if row.get("first_loss_rel_diff") is not None:
+            add(f"{label}: first-step loss, ours vs eager (relative difference)",
+                row["first_loss_rel_diff"], FIRST_LOSS_TOLERANCE[row["dtype"]], higher=False)
     for row in r["decode"]:
         add(f"decode batch {row['batch']}: ours/transformers tokens/s", row["ratio"],
             DECODE_GOAL)
@@ -62,6 +67,14 @@ def _side(row: dict, side: str, key: str, fmt=_f) -> str:
     return fmt(s.get(key))
 
 
+def _cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "CPU: not recorded."
+    present = ", ".join(f for f, on in cpu["flags"].items() if on) or "none"
+    absent = ", ".join(f for f, on in cpu["flags"].items() if not on) or "none"
+    return f"CPU: {cpu['model']}; lscpu flags present: {present}; absent: {absent}."
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"# Benchmark: suite `{r['suite']}`", "", f"Command: `{r['command']}`  ",
@@ -69,7 +82,8 @@ def markdown(r: dict) -> str:
              f"Machine: {m['backend']} ({m['device']}, {m['processor'] or m['platform']}), "
              f"{m['cpus']} CPUs, {m['threads']} threads for each side; XLA_FLAGS="
              f"`{m['xla_flags'] or '(none)'}`; jax {m['versions']['jax']}, torch "
-             f"{m['versions']['torch']}, transformers {m['versions']['transformers']}.", ""]
+             f"{m['versions']['torch']}, transformers {m['versions']['transformers']}.  ",
+             _cpu_line(m.get("cpu")), ""]
     p = r.get("peak")
     if p:
         lines += [f"Peak matmul ({p['dtype']}, {p['n']}×{p['n']}, best of the repeats): JAX "
@@ -95,11 +109,14 @@ def markdown(r: dict) -> str:
                 " / ".join(_side(row, s, "peak_rss_bytes", _mb)
                            for s in ("ours", "torch_eager")),
                 " / ".join(_side(row, s, "mfu", _pct) for s in ("ours", "torch_eager")),
+                " / ".join(_side(row, s, "first_loss", lambda x: _f(x, 4))
+                           for s in ("ours", "torch_eager")),
             ])
         lines += _table(["model", "dtype", "B×T", "params", "ours tok/s", "ours non-pad tok/s",
                          "eager tok/s", "ours/eager", "compile tok/s", "ours/compile",
                          "ours step ms", "compile s (ours/eager/compiled)",
-                         "peak RSS MiB (ours/eager)", "MFU (ours/eager)"], rows)
+                         "peak RSS MiB (ours/eager)", "MFU (ours/eager)",
+                         "first-step loss (ours/eager)"], rows)
         errors = [(row["model"], k, s["error"]) for row in r["train"]
                   for k, s in row["sides"].items() if "error" in s]
         lines += [f"- {mdl} {side}: {err}" for mdl, side, err in errors]

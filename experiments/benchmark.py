@@ -4,12 +4,14 @@
     python -m experiments.benchmark --suite cpu --out bench/cpu      # real sizes, CPU
     python -m experiments.benchmark --suite gpu --out bench/gpu      # bf16, ~1B Llama
     python -m experiments.benchmark --suite cpu --only packing,decode --out DIR  # some sections
+    python -m experiments.benchmark --suite cpu --dtype bfloat16 --only train --out DIR
 
 Writes `DIR/results.json` (schema below) and `DIR/results.md` (the same as tables).
 Every number comes from this one run; throughput is compared as ratios, ours/theirs.
 
 What runs (each suite's sizes, step counts and batches are in `SUITES`):
-1. peak: a jitted square matmul (float32 on CPU, bfloat16 on an accelerator), the best
+1. peak: a jitted square matmul (the suite's dtype; bfloat16 products return float32, as
+   the models' dense layers do: `models.dense_dot`), the best
    of `peak_repeats` (the least disturbed by other load; the median is kept too); every
    MFU below is model FLOPs/s over it (FLOP formula: `experiments/bench_models.py`).
 2. train: per family and (batch, seq): our train step (`optim.make_optimizer` AdamW,
@@ -19,6 +21,10 @@ What runs (each suite's sizes, step counts and batches are in `SUITES`):
    (rows padded from random lengths) and the same AdamW settings and decay mask. Each side
    is its own process (`bench_worker.py`): one warm-up step, then `rounds` rounds
    alternating ours, eager, compiled, `steps_per_round` steps each; step time = median.
+   The warm-up step of each side starts from the same weights on the same batch: their
+   losses must agree within `FIRST_LOSS_TOLERANCE` of the row's dtype (relative).
+   `--dtype` runs the suite's rows (and decoding, packing, scaling) in another dtype:
+   ours with `model.dtype` (float32 master params), theirs under `torch.autocast`.
 3. same_loss: 20 fp32 steps on distinct batches from identical weights, no dropout:
    |loss_ours - loss_torch| / |loss_torch| at every step must stay below 1e-4.
 4. packing: effective (non-padding) tokens/s of packed rows vs padded batches
@@ -38,11 +44,12 @@ belongs to one configuration; the smoke suite reuses two processes (RSS not per 
 
 results.json:
   schema "sft_jax.benchmark/1", suite, command, started (ISO time), wall_s,
-  machine {backend, device, cpus, threads, xla_flags, platform, versions {...}},
+  machine {backend, device, cpus, threads, xla_flags, platform, cpu {model, flags},
+           versions {...}},
   peak {dtype, n, flops_per_s (best), flops_per_s_median, torch_flops_per_s},
   train [{family, model, batch, seq, dtype, params, matmul_params, flops_per_token,
-          tokens_per_step, nonpad_tokens_per_step,
-          sides {ours|torch_eager|torch_compile: {step_s_median, step_s, tokens_per_s,
+          tokens_per_step, nonpad_tokens_per_step, first_loss_rel_diff,
+          sides {ours|torch_eager|torch_compile: {first_loss, step_s_median, step_s, tokens_per_s,
                  nonpad_tokens_per_s, compile_s, peak_rss_bytes, device_peak_bytes, mfu,
                  xla_memory?} | {error}},
           ratio_vs_eager, ratio_vs_compile}],
@@ -79,11 +86,12 @@ from typing import Any
 import numpy as np
 
 from experiments import bench_models as bm
-from experiments import bench_replicas, bench_report
+from experiments import bench_replicas, bench_report, bf16_matmul
 
 SCHEMA = "sft_jax.benchmark/1"
 REPO = Path(__file__).resolve().parents[1]
 SAME_LOSS_TOLERANCE = 1e-4
+FIRST_LOSS_TOLERANCE = bench_report.FIRST_LOSS_TOLERANCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +281,7 @@ def run_train_row(pool: Pool, suite: Suite, peak: float, name: str, hf: dict, ba
     }
     workers = {"ours": ours}
     first: dict[str, float] = {}
+    first_loss: dict[str, float] = {}
     modes = ["eager", "compile"] if compile_too else ["eager"]
     for mode in modes:
         w = pool.get("torch")
@@ -294,6 +303,7 @@ def run_train_row(pool: Pool, suite: Suite, peak: float, name: str, hf: dict, ba
                 continue
             if r == 0:
                 first[side] = res["times"][0]
+                first_loss[side] = res["losses"][0]
             else:
                 times[side] += res["times"]
     for side, w in workers.items():
@@ -303,11 +313,16 @@ def run_train_row(pool: Pool, suite: Suite, peak: float, name: str, hf: dict, ba
         compile_s = (setup["lower_s"] + setup["compile_s"] if side == "ours"
                      else max(first[side] - step, 0.0))
         row["sides"][side] = {
-            "step_s_median": step, "step_s": times[side], "first_step_s": first[side],
+            "first_loss": first_loss[side], "step_s_median": step, "step_s": times[side],
+            "first_step_s": first[side],
             "tokens_per_s": tokens / step, "nonpad_tokens_per_s": nonpad / step,
             "compile_s": compile_s, "mfu": flops * tokens / step / peak, **w.call("stats"),
         }
     row["sides"]["ours"]["xla_memory"] = setup["memory"]
+    eager_loss = row["sides"].get("torch_eager", {}).get("first_loss")
+    row["first_loss_rel_diff"] = (
+        abs(row["sides"]["ours"]["first_loss"] - eager_loss) / abs(eager_loss)
+        if eager_loss else None)
     for mode in ("eager", "compile"):
         theirs = row["sides"].get(f"torch_{mode}", {})
         row[f"ratio_vs_{mode}"] = (row["sides"]["ours"]["tokens_per_s"]
@@ -415,7 +430,7 @@ def machine(threads: int) -> dict:
     return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "cpus": os.cpu_count(), "threads": threads,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": platform.processor(), "cpu": bf16_matmul.cpu_description(),
             "versions": {"jax": jax.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__,
                          "python": platform.python_version()}}
@@ -424,8 +439,15 @@ def machine(threads: int) -> dict:
 SECTIONS = ("train", "same_loss", "packing", "decode", "scaling", "replicas")
 
 
-def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIONS) -> dict:
-    suite = SUITES[name]
+def with_dtype(suite: Suite, dtype: str) -> Suite:
+    """`suite` with every training row, decoding, packing and scaling in `dtype`."""
+    return dataclasses.replace(suite, dtype=dtype,
+                               rows=tuple((f, b, s, dtype) for f, b, s, _ in suite.rows))
+
+
+def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIONS,
+              dtype: str | None = None) -> dict:
+    suite = SUITES[name] if dtype is None else with_dtype(SUITES[name], dtype)
     out.mkdir(parents=True, exist_ok=True)
     threads = len(os.sched_getaffinity(0))
     start = time.perf_counter()
@@ -436,7 +458,7 @@ def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIO
         "scaling": [], "replicas": [], "packing": None, "pending": [], "errors": [], "timings": {},
     }
     accel = result["machine"]["backend"] != "cpu"
-    peak_dtype = "bfloat16" if accel else "float32"
+    peak_dtype = "bfloat16" if accel else suite.dtype
     pool = Pool(out, threads, suite.fresh_processes)
 
     def section(key: str, fn):
@@ -504,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help="comma-separated sections to run (default: all of "
                              f"{','.join(SECTIONS)}); the peak matmul always runs")
+    parser.add_argument("--dtype", choices=sorted(FIRST_LOSS_TOLERANCE),
+                        help="run the suite's rows in this dtype (default: the suite's own)")
     args = parser.parse_args(argv)
     only = tuple(x for x in args.only.split(",") if x)
     unknown = sorted(set(only) - set(SECTIONS))
@@ -512,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"(sections: {', '.join(SECTIONS)})")
     command = "python -m experiments.benchmark " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    result = run_suite(args.suite, args.out, command, only)
+    result = run_suite(args.suite, args.out, command, only, args.dtype)
     print((args.out / "results.md").read_text())
     return 1 if result["errors"] else 0
 

@@ -47,6 +47,12 @@ def test_schema(smoke):
             assert len(s["step_s"]) == 2 and s["step_s_median"] == np.median(s["step_s"])
         assert row["ratio_vs_eager"] == pytest.approx(
             row["sides"]["ours"]["tokens_per_s"] / row["sides"]["torch_eager"]["tokens_per_s"])
+        # The warm-up step: same weights and batch, so the same loss within the dtype's
+        # tolerance (bfloat16: ours in model.dtype, theirs under autocast).
+        ours, eager = (row["sides"][side]["first_loss"] for side in ("ours", "torch_eager"))
+        assert row["first_loss_rel_diff"] == pytest.approx(abs(ours - eager) / abs(eager))
+        assert row["first_loss_rel_diff"] < {"float32": 1e-3, "bfloat16": 3e-2}[row["dtype"]]
+    assert set(smoke["machine"]["cpu"]["flags"]) >= {"avx512_bf16", "amx_bf16"}
     assert [d["batch"] for d in smoke["decode"]] == [1, 8]
     for d in smoke["decode"]:
         assert d["ours"]["tokens_per_s"] > 0 and d["torch"]["tokens_per_s"] > 0
