@@ -245,7 +245,8 @@ def test_seq2seq_picks_the_task_by_the_model(t5_task, corpus, tiny_bert_dir, tmp
 def test_gemma_variant_prompts_in_plain_text(corpus, tiny_gemma_base, tmp_path):
     """`translation.py:gemma` on a base model without a chat template: the training row is
     <bos> + the plain prompt + the Spanish + <eos>, the loss on the Spanish and <eos> only,
-    and generation starts from exactly the tokens before the loss; a newline stops a reply."""
+    and generation starts from exactly the tokens before the loss; a newline stops a reply.
+    `summarization.py:gemma` renders its prompt the same way."""
     from sft_jax import tasks
 
     config = apply_overrides(load_config("translation", "gemma,runlocal"), {
@@ -268,11 +269,8 @@ def test_gemma_variant_prompts_in_plain_text(corpus, tiny_gemma_base, tmp_path):
     assert prompt[0] == task.tokenizer.bos_token_id
     newline = task.tokenizer.convert_tokens_to_ids("\n")
     assert newline in stop_token_ids(task.tokenizer, config.eval.stop_tokens)
-
-
-def test_summarization_gemma_runlocal(tmp_path, tiny_gemma_base):
-    """`summarization.py:gemma,runlocal` on aclsum: trains and scores greedy summaries."""
-    check(run_cli(tmp_path, "configs/summarization.py:gemma,runlocal",
-                  {"model.checkpoint": tiny_gemma_base, "train.steps": 1}))
-    final = read_metrics(tmp_path, "test")[-1]
-    assert final["generated"] == 2 and 0.0 <= final["rougeL"] <= 100.0
+    summarization = load_config("summarization", "gemma")
+    assert summarization.eval.stop_tokens == config.eval.stop_tokens
+    assert summarization.data.prompt_template.format(aspect="outcome", source="P.") == (
+        "Summarize the outcome of this paper in one sentence.\n\nPaper:\nP.\n\n"
+        "Summary of the outcome:\n")
