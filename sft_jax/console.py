@@ -100,6 +100,10 @@ def setup(verbosity: int = 0, log_level: str = "info") -> None:
     """Console handler on the root logger (replacing any earlier one of ours); libraries
     log at INFO so that the log file has them (the console filters)."""
     level = logging.DEBUG if log_level.lower() == "debug" else logging.INFO
+    # transformers prints its "advice" (e.g. "PyTorch was not found", at import, on every
+    # machine without torch) to stderr through a handler of its own, before any of ours
+    # could route it; it concerns its PyTorch models, which sft_jax does not use.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     root = logging.getLogger()
     root.setLevel(level)
     log.setLevel(logging.DEBUG)  # our details reach log.txt; the console shows INFO up
