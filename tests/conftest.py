@@ -26,6 +26,12 @@ _XLA_CACHE = tempfile.mkdtemp(prefix="sft-jax-tests-xla-cache-")
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# XLA:CPU compiles the tests' programs (tiny models: compiling, not running, is most of the
+# suite's time) without LLVM's optimisations: about a third less CPU time. The HLO passes,
+# and so what is computed, are the same; float results may differ in the last bits from an
+# optimised build, within every tolerance here (runs compared bitwise share the flags).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
 POSITIVE = ["good", "great", "superb", "lovely", "fun", "moving"]
 NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "messy"]
@@ -69,6 +75,22 @@ def write_tiny_corpus(path: Path, sizes=(64, 32, 32), seed: int = 0) -> Path:
                 f.write(json.dumps({"text": " ".join(words),
                                     "label": "pos" if positive else "neg"}) + "\n")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _processes_without_torch():
+    """The processes the tests start (command-line runs, sweeps, notebook kernels) run as
+    an installed sft_jax does, without torch (a test-only dependency): see
+    without_torch/sitecustomize.py. A fixture, not import-time code, so that the test
+    processes themselves (xdist workers) keep torch."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent / "without_torch"), *filter(None, [before])])
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture(autouse=True)
@@ -159,7 +181,7 @@ def xla_cpu_devices(n: int) -> str:
     XLA's 40 s: on two cores shared with other work, one device's thread can wait that
     long for a core, and XLA then aborts the process mid all-reduce."""
     return (f"--xla_force_host_platform_device_count={n} "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+            f"--xla_cpu_collective_call_terminate_timeout_seconds=900 {FAST_COMPILE_FLAGS}")
 
 
 def run_two_processes(config: str, workdir: Path, overrides: dict) -> None:

@@ -4,6 +4,7 @@ results.json schema, the same-loss check against transformers, and the FLOP coun
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,9 +23,11 @@ from experiments import bench_models as bm
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
+    # With torch (PyTorch is one side of the benchmark): the repository alone on its path.
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.benchmark", "--suite", "smoke", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "results.md").read_text().startswith("# Benchmark: suite `smoke`")
     return json.loads((out / "results.json").read_text())
