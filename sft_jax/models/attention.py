@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from sft_jax.errors import UserInputError
+from sft_jax.models import dense_dot
 
 Array = jax.Array
 
@@ -136,7 +137,7 @@ def blockwise_attention(
     def step(carry, xs):
         m, total, acc = carry  # B K G T, B K G T, B K G T H (float32)
         i, kb, vb, mb, bb, rb = xs
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, kb, preferred_element_type=jnp.float32)
+        logits = dense_dot.einsum("BTKGH,BSKH->BKGTS", q, kb, out_dtype=jnp.float32)
         logits = logits * scale  # B K G T block
         if bb is not None:
             logits = logits + bb.astype(jnp.float32)
@@ -150,8 +151,8 @@ def blockwise_attention(
         if dropout:
             keep = jax.random.bernoulli(jax.random.fold_in(dropout_rng, i), keep_prob, p.shape)
             p = jnp.where(keep, p / keep_prob, 0.0)
-        pv = jnp.einsum("BKGTS,BSKH->BKGTH", p.astype(dtype), vb.astype(dtype),
-                        preferred_element_type=jnp.float32)
+        pv = dense_dot.einsum("BKGTS,BSKH->BKGTH", p.astype(dtype), vb.astype(dtype),
+                              out_dtype=jnp.float32)
         acc = acc * correction[..., None] + pv
         return (m_new, total, acc), None
 

@@ -17,6 +17,12 @@ the cotangent to the compute dtype first (it arrives in that dtype from the cast
 The weight gradient contracts x's leading axes; XLA:CPU runs that fast over two axes
 ([B, T, I]) and at a fifth of the speed over one ([T, I], a 2-D input), so a 2-D input
 gets a leading axis of 1 for it (same product; the bf16_matmul table has both forms).
+
+`einsum(spec, a, b, out_dtype)` does the same for the two products of attention (scores
+q·kᵀ and probabilities·v, with batch axes): in float32 it is `jnp.einsum` (float32 result),
+in a lower precision a custom VJP multiplies every product's operands in that dtype into
+float32 and casts the result to `out_dtype` (float32 for the scores, the compute dtype for
+the attention output).
 """
 
 from __future__ import annotations
@@ -71,3 +77,45 @@ def _bwd(in_dims: int, precision, residuals: tuple[Array, Array], g: Array):
 
 
 _low_precision_dot.defvjp(_fwd, _bwd)
+
+
+def einsum(spec: str, a: Array, b: Array, out_dtype=None) -> Array:
+    """`jnp.einsum(spec, a, b)` with float32 accumulation, returned in `out_dtype` (default
+    a's dtype); see the module docstring. Every letter of an operand must appear in the
+    other operand or in the output (no axis summed within one operand)."""
+    out_dtype = jnp.dtype(out_dtype or a.dtype)
+    _gradient_specs(spec)  # checked in every dtype, not only where the VJP needs it
+    if a.dtype != b.dtype or a.dtype == jnp.float32 or a.dtype == jnp.float64:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+    return _low_precision_einsum(spec, out_dtype, a, b)
+
+
+def _gradient_specs(spec: str) -> tuple[str, str]:
+    """For `a,b->out`: the specs of a's gradient (out, b -> a) and b's (a, out -> b)."""
+    inputs, out = spec.replace(" ", "").split("->")
+    a, b = inputs.split(",")
+    for operand, other in ((a, b), (b, a)):
+        if set(operand) - set(other) - set(out):
+            raise ValueError(f"einsum {spec!r}: an axis of {operand!r} is summed within it")
+    return f"{out},{b}->{a}", f"{a},{out}->{b}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_precision_einsum(spec: str, out_dtype, a: Array, b: Array) -> Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _einsum_fwd(spec, out_dtype, a, b):
+    return _low_precision_einsum(spec, out_dtype, a, b), (a, b)
+
+
+def _einsum_bwd(spec, out_dtype, residuals, g):
+    a, b = residuals
+    g = g.astype(a.dtype)  # the cotangent in the compute dtype, as autocast has it
+    spec_a, spec_b = _gradient_specs(spec)
+    da = jnp.einsum(spec_a, g, b, preferred_element_type=jnp.float32)
+    db = jnp.einsum(spec_b, a, g, preferred_element_type=jnp.float32)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+_low_precision_einsum.defvjp(_einsum_fwd, _einsum_bwd)

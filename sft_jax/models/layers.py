@@ -34,6 +34,7 @@ import numpy as np
 
 from sft_jax.models import attention as attention_impl
 from sft_jax.models import axes
+from sft_jax.models import dense_dot as dense_dot_lib
 from sft_jax.models.dense_dot import dense_dot
 
 Array = jax.Array
@@ -325,7 +326,7 @@ def dot_product_attention(
         return attention_impl.cudnn_attention(query, key, value, mask=mask, bias=bias,
                                               scale=scale, dropout=dropout, dtype=dtype)
     q = query.reshape(b, t, k_heads, g, h)  # B T K G H
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key, preferred_element_type=jnp.float32)
+    logits = dense_dot_lib.einsum("BTKGH,BSKH->BKGTS", q, key, out_dtype=jnp.float32)
     logits = logits.reshape(b, n, t, -1) * scale  # B N T S
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -336,7 +337,7 @@ def dot_product_attention(
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     probs = probs.astype(dtype).reshape(b, k_heads, g, t, -1)  # B K G T S
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(dtype))
+    out = dense_dot_lib.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(dtype))
     return out.reshape(b, t, n, h)  # B T N H
 
 
