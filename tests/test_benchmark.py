@@ -121,3 +121,14 @@ def test_bf16_matmul_study_times_every_formulation(tmp_path, monkeypatch, capsys
     table = (tmp_path / "results.md").read_text()
     assert all(name in table for name in bf16_matmul.FORMULATIONS)
     assert table in capsys.readouterr().out
+
+
+def test_bf16_attention_times_both_forms(capsys):
+    from experiments import bf16_attention
+
+    best = bf16_attention.measure(bf16_attention.TINY_SHAPES[0], repeats=1)
+    assert set(best) == set(bf16_attention.FORMS) and min(best.values()) > 0
+    assert bf16_attention.main(["--tiny", "--repeats", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("CPU: ") and "bf16 flags" in table
+    assert len([line for line in table.splitlines() if line.startswith("| tiny | 1×16 |")]) == 1
