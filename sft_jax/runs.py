@@ -82,7 +82,7 @@ from typing import Any
 from sft_jax import storage
 from sft_jax.errors import UserInputError
 
-SKIP_DIRS = frozenset({"checkpoints", "best", "export"})
+SKIP_DIRS = frozenset({"checkpoints", "best", "export", "xla-cache"})
 NOT_OVERRIDES = frozenset({"seed", "train.replicas", "data.fold"})
 CURVE_SKIP_SPLITS = frozenset({"data", "model", "session"})
 RECORD_KEYS = frozenset({"step", "split", "replica", "final", "params_from"})

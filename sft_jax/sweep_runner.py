@@ -28,6 +28,12 @@ Contracts:
   `DIR/name/sweep.log` when the run ends; sweep.json is rewritten whole with no lock, so
   shards on several machines may overwrite each other's latest entries (results.json
   still decides what is done).
+- Runs share one persistent XLA compilation cache, `DIR/xla-cache/` (a remote DIR's local
+  stand-in), so a program that several runs compile alike (same model, shapes and
+  settings: runs that differ in data, seed or a schedule value) is compiled once per
+  sweep. A `JAX_COMPILATION_CACHE_DIR` in the environment is used instead. JAX keys
+  entries by program, flags and backend; XLA:CPU refuses an entry compiled for other
+  CPU features and compiles afresh.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from sft_jax.sweeps import Plan, Run
 
 STATUS = "sweep.json"
 LOG = "sweep.log"
+XLA_CACHE = "xla-cache"
 STATES = ("done", "failed", "interrupted", "running", "pending")
 _PR_SET_PDEATHSIG = 1
 
@@ -218,6 +225,16 @@ def _child_setup(cpus: tuple[int, ...] | None, parent: int) -> Callable[[], None
     return setup
 
 
+def compilation_cache_env(workdir: str | Path,
+                          environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that points a run at the sweep's compilation cache (module doc):
+    {} when `environ` (default: os.environ) already names one."""
+    environ = os.environ if environ is None else environ
+    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": str(storage.local_dir(workdir) / XLA_CACHE)}
+
+
 def command(plan: Plan, workdir: str | Path, run: Run) -> list[str]:
     """The training command of `run`."""
     return [sys.executable, "-m", "sft_jax.main", f"--config={plan.config}",
@@ -334,7 +351,8 @@ def _start(plan: Plan, workdir: Path, run: Run, index: int, slot: Slot,
         out.write(f"\n=== sweep: {_now()} start {shlex.join(cmd)}\n".encode())
         out.flush()
         offset = out.tell()
-        env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **compilation_cache_env(workdir), **slot.env,
+               "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                 process_group=0,
                                 preexec_fn=_child_setup(slot.cpus, os.getpid()))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_args, tiny_overrides
 
-from sft_jax import sweep_runner, sweeps
+from sft_jax import runs, sweep_runner, sweeps
 from sft_jax.errors import UserInputError
 
 CONFIG = "configs/classification.py:runlocal"
@@ -36,18 +36,16 @@ def tiny(tiny_bert_dir, tiny_corpus_dir) -> dict:
     return tiny_overrides(tiny_bert_dir, tiny_corpus_dir)
 
 
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("xla_cache")
-
-
 def sweep_cmd(workdir: Path, sweep: str | Path, overrides: dict, *extra: str) -> list[str]:
     return [sys.executable, "-m", "sft_jax.sweep", f"--config={CONFIG}", f"--sweep={sweep}",
             f"--workdir={workdir}", *cli_args(overrides), *extra]
 
 
 def sweep_env(cache: Path | None = None) -> dict:
+    """The sweep's environment: compilation cache `cache`, else none set (the sweep's own,
+    DIR/xla-cache)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if cache is not None:
         env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -152,6 +150,13 @@ def test_slots_split_the_cpus_or_the_cuda_devices():
             sweep_runner.parse_shard(bad)
 
 
+def test_runs_share_the_sweeps_compilation_cache_unless_one_is_set(tmp_path):
+    cache = sweep_runner.compilation_cache_env(tmp_path / "sweep", environ={})
+    assert cache == {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "sweep" / "xla-cache")}
+    assert sweep_runner.compilation_cache_env(
+        tmp_path / "sweep", environ={"JAX_COMPILATION_CACHE_DIR": "/mine"}) == {}
+
+
 def test_error_line_is_the_last_error_of_the_attempt(tmp_path):
     log = tmp_path / "sweep.log"
     log.write_text("error: an old attempt\n=== start\n")
@@ -241,17 +246,18 @@ def results(workdir: Path) -> dict:
     return json.loads((workdir / "results.json").read_text())
 
 
-def test_a_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, tiny,
-                                                                       xla_cache):
+def test_a_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, tiny):
     sweep_file = tmp_path / "seeds.py"
     sweep_file.write_text(SWEEP_FILE)
     overrides = {**tiny, "train.steps": 12, "checkpoint.every": 2, "checkpoint.export": False}
 
     # Uninterrupted, with a run that fails when it starts: recorded, the others finish.
     ref = tmp_path / "reference"
-    proc = run_sweep(ref, f"{sweep_file}:with_failure", overrides,
-                     cache=xla_cache)
+    proc = run_sweep(ref, f"{sweep_file}:with_failure", overrides)
     assert proc.returncode == 1, proc.stderr[-3000:]
+    # Its runs compiled into the sweep's own cache (the seeds share every program).
+    assert list((ref / "xla-cache").glob("jit_train_step*")), "no shared compilation cache"
+    assert [p.name for p in runs.find_runs(ref)] == ["seed=0", "seed=1"]
     assert "3 runs: 2 done, 1 failed" in proc.stdout
     failed = status(ref)["checkpoint=_nonexistent"]
     assert failed["state"] == "failed" and failed["returncode"] == 2
@@ -261,6 +267,7 @@ def test_a_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tmp_path,
     # SIGKILL the sweep once run seed=0 has a checkpoint: no trainer outlives it.
     killed = tmp_path / "killed"
     cmd = sweep_cmd(killed, sweep_file, overrides, "--parallel=2")
+    xla_cache = ref / "xla-cache"
     sweep = subprocess.Popen(cmd, cwd=REPO, env=sweep_env(xla_cache), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (killed / "seed=0" / "checkpoints" / "2").is_dir(), 300, "a checkpoint")
