@@ -445,9 +445,19 @@ def with_dtype(suite: Suite, dtype: str) -> Suite:
                                rows=tuple((f, b, s, dtype) for f, b, s, _ in suite.rows))
 
 
+def with_replicas_model(suite: Suite, checkpoint: str) -> Suite:
+    """`suite` with every run of its replicas section on `checkpoint` (an asset name or a
+    Hugging Face directory)."""
+    runs = [{**run, "overrides": {**run["overrides"], "model.checkpoint": checkpoint}}
+            for run in suite.replicas.get("runs", [])]
+    return dataclasses.replace(suite, replicas={**suite.replicas, "runs": runs})
+
+
 def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIONS,
-              dtype: str | None = None) -> dict:
+              dtype: str | None = None, replicas_model: str | None = None) -> dict:
     suite = SUITES[name] if dtype is None else with_dtype(SUITES[name], dtype)
+    if replicas_model:
+        suite = with_replicas_model(suite, replicas_model)
     out.mkdir(parents=True, exist_ok=True)
     threads = len(os.sched_getaffinity(0))
     start = time.perf_counter()
@@ -528,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{','.join(SECTIONS)}); the peak matmul always runs")
     parser.add_argument("--dtype", choices=sorted(FIRST_LOSS_TOLERANCE),
                         help="run the suite's rows in this dtype (default: the suite's own)")
+    parser.add_argument("--replicas_model",
+                        help="model.checkpoint of the replicas section's runs, an asset or a "
+                             "Hugging Face directory (default: the suite's own)")
     args = parser.parse_args(argv)
     only = tuple(x for x in args.only.split(",") if x)
     unknown = sorted(set(only) - set(SECTIONS))
@@ -536,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"(sections: {', '.join(SECTIONS)})")
     command = "python -m experiments.benchmark " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    result = run_suite(args.suite, args.out, command, only, args.dtype)
+    result = run_suite(args.suite, args.out, command, only, args.dtype, args.replicas_model)
     print((args.out / "results.md").read_text())
     return 1 if result["errors"] else 0
 

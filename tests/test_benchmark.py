@@ -21,11 +21,13 @@ from experiments import bench_models as bm
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> dict:
+def smoke(tmp_path_factory, tiny_bert_dir) -> dict:
     out = tmp_path_factory.mktemp("bench")
     # With torch (PyTorch is one side of the benchmark): the repository alone on its path.
+    # The replicas section's command-line runs train the tiny BERT, not MiniLM.
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmark", "--suite", "smoke", "--out", str(out)],
+        [sys.executable, "-m", "experiments.benchmark", "--suite", "smoke", "--out", str(out),
+         "--replicas_model", str(tiny_bert_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -36,7 +38,9 @@ def smoke(tmp_path_factory) -> dict:
 def test_schema(smoke):
     assert smoke["schema"] == "sft_jax.benchmark/1" and smoke["suite"] == "smoke"
     assert smoke["errors"] == []
-    assert smoke["command"].endswith("--suite smoke --out " + smoke["command"].split()[-1])
+    words = smoke["command"].split()
+    assert words[:5] == ["python", "-m", "experiments.benchmark", "--suite", "smoke"]
+    assert words[5] == "--out" and words[7] == "--replicas_model"
     assert {"backend", "threads", "xla_flags", "versions"} <= set(smoke["machine"])
     assert smoke["peak"]["flops_per_s"] > 0
     assert [(r["model"], r["dtype"]) for r in smoke["train"]] == [
