@@ -5,6 +5,7 @@ seed..seed+K-1 (per-step losses, final metrics, exports), on one device and on a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -150,13 +151,12 @@ def test_replicas_resume_exactly_after_a_crash(classification, tmp_path):
 def test_resume_with_another_replica_count_is_refused(classification, tmp_path):
     from sft_jax.errors import UserInputError
 
-    _, base, _ = classification
-    short = {**base, "train.steps": 1, "train.eval_every": 0, "checkpoint.export": False,
-             "eval.splits": ()}
-    _train("classification", tmp_path, {**short, "train.replicas": 2})
+    root, base, _ = classification
+    shutil.copytree(root / "replicas", tmp_path / "run")  # 2 replicas, checkpoints at 3, 6
     with pytest.raises(UserInputError, match=r"holds 2 replica\(s\), this run has "
                                              r"train.replicas=3; resume with the same"):
-        _train("classification", tmp_path, {**short, "train.steps": 2, "train.replicas": 3})
+        _train("classification", tmp_path / "run", {**base, "train.steps": 9,
+                                                     "train.replicas": 3})
 
 
 @pytest.fixture(scope="module")
