@@ -13,7 +13,8 @@ train the same 100 updates of 16 snippets truncated to 64 tokens, as `train.repl
 and are evaluated once, at the end (validation and test); `:tfidf` is the TF-IDF +
 logistic-regression baseline of `configs/linear.py` on the same subsets (seeds as runs).
 Each run's `label` is its model. `:tiny` and `:tfidf-tiny` are two runs each at the size
-of the configs' `runlocal` variants, for tests.
+of the configs' `runlocal` variants, for tests; `:tiny` trains the config's model (a common
+`--config.model.checkpoint` chooses another).
 """
 
 from experiments.sweeps import TINY, short_runs
@@ -35,8 +36,8 @@ def labelled(names) -> list[dict]:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    if arg == "tiny":
-        return sweeps.product(labelled(["minilm-l6"]), {"data.train_size": [16, 0]}, [TINY])
+    if arg == "tiny":  # the config's model (runlocal: MiniLM), or --config.model.checkpoint
+        return sweeps.product([{"label": "tiny"}], {"data.train_size": [16, 0]}, [TINY])
     if arg == "tfidf-tiny":
         return sweeps.product([{"label": "tfidf"}], {"data.train_size": [16, 0]})
     if arg == "tfidf":
