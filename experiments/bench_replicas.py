@@ -1,9 +1,10 @@
 """K replicas in one compiled program (`train.replicas=K`) vs K sequential runs.
 
 Both sides train the same config for the same number of updates per replica, through the
-real command line (`python -m sft_jax.main`, one process per run, as a user or a sweep
-would start them), with evaluation, checkpoint saves and export switched off so that what
-differs is training alone: the replicas side is one process with `train.replicas=K`, the
+real command line (`python -m sft_jax.main`, one process per run, each compiling its own
+programs, as a user starts them by hand; a sweep's runs share a compilation cache), with
+evaluation, checkpoint saves and export switched off so that what differs is training
+alone: the replicas side is one process with `train.replicas=K`, the
 sequential side K processes with seeds seed..seed+K-1. Measured per side:
   wall_s             process wall time, summed over the side's processes (start-up, model
                      loading and compilation included: what a user waits for)

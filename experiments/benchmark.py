@@ -5,6 +5,7 @@
     python -m experiments.benchmark --suite gpu --out bench/gpu      # bf16, ~1B Llama
     python -m experiments.benchmark --suite cpu --only packing,decode --out DIR  # some sections
     python -m experiments.benchmark --suite cpu --dtype bfloat16 --only train --out DIR
+    python -m experiments.benchmark --suite smoke --replicas_model DIR --out OUT  # other model
 
 Writes `DIR/results.json` (schema below) and `DIR/results.md` (the same as tables).
 Every number comes from this one run; throughput is compared as ratios, ours/theirs.
@@ -448,7 +449,8 @@ def with_dtype(suite: Suite, dtype: str) -> Suite:
 def with_replicas_model(suite: Suite, checkpoint: str) -> Suite:
     """`suite` with every run of its replicas section on `checkpoint` (an asset name or a
     Hugging Face directory)."""
-    runs = [{**run, "overrides": {**run["overrides"], "model.checkpoint": checkpoint}}
+    runs = [{**run, "name": f"{run['name']}@{Path(checkpoint).name}",
+             "overrides": {**run["overrides"], "model.checkpoint": checkpoint}}
             for run in suite.replicas.get("runs", [])]
     return dataclasses.replace(suite, replicas={**suite.replicas, "runs": runs})
 
@@ -539,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(FIRST_LOSS_TOLERANCE),
                         help="run the suite's rows in this dtype (default: the suite's own)")
     parser.add_argument("--replicas_model",
-                        help="model.checkpoint of the replicas section's runs, an asset or a "
-                             "Hugging Face directory (default: the suite's own)")
+                        help="model.checkpoint of every run of the replicas section, an asset "
+                             "or a Hugging Face directory of the runs' family (default: the "
+                             "suite's own)")
     args = parser.parse_args(argv)
     only = tuple(x for x in args.only.split(",") if x)
     unknown = sorted(set(only) - set(SECTIONS))

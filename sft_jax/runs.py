@@ -123,7 +123,7 @@ class Run:
 def find_runs(path: str | Path) -> list[Path]:
     """Run directories under `path`: `path` itself if it holds config.json, else every
     descendant holding one (sorted), never looking inside a run's checkpoints/, best/ or
-    export/. Raises UserInputError if `path` is not a directory."""
+    export/, or a sweep's xla-cache/. Raises UserInputError if `path` is not a directory."""
     root = storage.path(path)  # local, or remote (gs://...)
     if not root.is_dir():
         raise UserInputError(f"{root}: no such directory")

@@ -28,12 +28,15 @@ Contracts:
   `DIR/name/sweep.log` when the run ends; sweep.json is rewritten whole with no lock, so
   shards on several machines may overwrite each other's latest entries (results.json
   still decides what is done).
-- Runs share one persistent XLA compilation cache, `DIR/xla-cache/` (a remote DIR's local
-  stand-in), so a program that several runs compile alike (same model, shapes and
-  settings: runs that differ in data, seed or a schedule value) is compiled once per
-  sweep. A `JAX_COMPILATION_CACHE_DIR` in the environment is used instead. JAX keys
-  entries by program, flags and backend; XLA:CPU refuses an entry compiled for other
-  CPU features and compiles afresh.
+- Runs share one persistent XLA compilation cache, `DIR/xla-cache/` (for a remote DIR, in
+  its local stand-in: one cache per machine), so a program that several runs compile
+  alike is compiled once per sweep and machine (up to K at once under `--parallel=K`):
+  runs that differ only in data or seed share every program; a learning rate, warm-up,
+  weight decay or `train.steps` is baked into the train step, so such runs share only
+  their initialisation and evaluation programs. A `JAX_COMPILATION_CACHE_DIR` in the
+  environment is used instead (empty: no cache). JAX keys entries by program, flags and
+  backend; XLA:CPU refuses an entry compiled for other CPU features and compiles afresh.
+  Nothing is evicted; deleting the directory is safe.
 """
 
 from __future__ import annotations
@@ -228,9 +231,9 @@ def _child_setup(cpus: tuple[int, ...] | None, parent: int) -> Callable[[], None
 def compilation_cache_env(workdir: str | Path,
                           environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment that points a run at the sweep's compilation cache (module doc):
-    {} when `environ` (default: os.environ) already names one."""
+    {} when `environ` (default: os.environ) sets JAX_COMPILATION_CACHE_DIR, even empty."""
     environ = os.environ if environ is None else environ
-    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+    if "JAX_COMPILATION_CACHE_DIR" in environ:
         return {}
     return {"JAX_COMPILATION_CACHE_DIR": str(storage.local_dir(workdir) / XLA_CACHE)}
 

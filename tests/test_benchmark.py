@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -38,9 +39,10 @@ def smoke(tmp_path_factory, tiny_bert_dir) -> dict:
 def test_schema(smoke):
     assert smoke["schema"] == "sft_jax.benchmark/1" and smoke["suite"] == "smoke"
     assert smoke["errors"] == []
-    words = smoke["command"].split()
+    words = shlex.split(smoke["command"])
     assert words[:5] == ["python", "-m", "experiments.benchmark", "--suite", "smoke"]
     assert words[5] == "--out" and words[7] == "--replicas_model"
+    assert smoke["replicas"][0]["name"] == f"minilm@{os.path.basename(words[8])}"
     assert {"backend", "threads", "xla_flags", "versions"} <= set(smoke["machine"])
     assert smoke["peak"]["flops_per_s"] > 0
     assert [(r["model"], r["dtype"]) for r in smoke["train"]] == [

@@ -72,7 +72,8 @@ def test_the_tiny_parameters_replace_the_full_ones(tmp_path: Path):
     """The injected cell comes after the tagged one and before the rest; outputs of the
     full run are cleared first."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('TINY = False\nWORKDIR = "workdirs"')
+    params = nbformat.v4.new_code_cell(
+        'TINY = False\nWORKDIR = "workdirs"\nTINY_MODEL = "minilm-l6"')
     params.metadata["tags"] = ["parameters"]
     stale = nbformat.v4.new_code_cell("seen = (TINY, WORKDIR, TINY_MODEL)")
     stale.outputs = [nbformat.v4.new_output("stream", name="stdout", text="full run\n")]

@@ -14,7 +14,7 @@ and are evaluated once, at the end (validation and test); `:tfidf` is the TF-IDF
 logistic-regression baseline of `configs/linear.py` on the same subsets (seeds as runs).
 Each run's `label` is its model. `:tiny` and `:tfidf-tiny` are two runs each at the size
 of the configs' `runlocal` variants, for tests; `:tiny` trains the config's model (a common
-`--config.model.checkpoint` chooses another).
+`--config.model.checkpoint` chooses another) under the label `tiny`.
 """
 
 from experiments.sweeps import TINY, short_runs
