@@ -32,9 +32,10 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 # Two pytest workers (one per core); a test file runs whole on one worker (module fixtures
-# are built once), the slowest files first (tests/conftest.py).
+# are built once), the slowest files first (tests/conftest.py); the 30 slowest tests are
+# listed at the end, to see where the suite's time goes.
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --durations=30
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache
