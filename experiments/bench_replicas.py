@@ -2,10 +2,11 @@
 
 Both sides train the same config for the same number of updates per replica, through the
 real command line (`python -m sft_jax.main`, one process per run, each compiling its own
-programs, as a user starts them by hand; a sweep's runs share a compilation cache), with
-evaluation, checkpoint saves and export switched off so that what differs is training
-alone: the replicas side is one process with `train.replicas=K`, the
-sequential side K processes with seeds seed..seed+K-1. Measured per side:
+programs as a user's runs started by hand do, unless JAX_COMPILATION_CACHE_DIR is set in
+the environment, which they inherit; a sweep's runs share a cache), with evaluation,
+checkpoint saves and export switched off so that what differs is training alone: the
+replicas side is one process with `train.replicas=K`, the sequential side K processes
+with seeds seed..seed+K-1. Measured per side:
   wall_s             process wall time, summed over the side's processes (start-up, model
                      loading and compilation included: what a user waits for)
   train_s            seconds inside the training loop (the runs' `session` records)
