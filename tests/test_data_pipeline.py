@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from sft_jax.data import pipeline
-from sft_jax.data.pipeline import TrainIterator, bucket_lengths, eval_batches, pad_batch
+from sft_jax.data.pipeline import (
+    TrainIterator,
+    bucket_lengths,
+    eval_batches,
+    length_order,
+    pad_batch,
+)
 from sft_jax.errors import UserInputError
 
 N, G, BUCKETS, PAD = 37, 8, [4, 8, 16], {"input_ids": -1}
@@ -245,6 +251,44 @@ def test_eval_covers_every_example_once(n, procs):
              for k in range(8 // procs) for p in range(procs)
              if (i := per_proc[p][s]["index"][k]) >= 0]
     assert order == list(range(n))
+
+
+@pytest.mark.parametrize("procs", [1, 2, 4])
+def test_eval_in_length_order(procs):
+    """Visited shortest first, every example once; `index` is still its position in
+    `features`, and the batches pad to fewer tokens than in file order."""
+    feats = make_features(37, seed=3)
+    lengths = np.array([len(f["input_ids"]) for f in feats])
+    order = length_order(feats)
+    assert sorted(order.tolist()) == list(range(37))
+    assert (np.diff(lengths[order]) >= 0).all()
+    with pytest.raises(ValueError, match="order has 36 entries for 37 features"):
+        next(eval_batches(feats, batch_size=8, buckets=[4, 8, 16], pad_values=PAD,
+                          order=order[:-1]))
+
+    def batches(order):
+        return [list(eval_batches(LazyFeatures(feats), batch_size=8, buckets=[4, 8, 16],
+                                  pad_values=PAD, process_index=p, process_count=procs,
+                                  order=order)) for p in range(procs)]
+
+    seen, visited = collections.Counter(), []
+    per_proc = batches(order)
+    for s in range(len(per_proc[0])):
+        for k in range(8 // procs):
+            for p in range(procs):
+                b = per_proc[p][s]
+                if b["example_mask"][k]:
+                    i = int(b["index"][k])
+                    assert b["id"][k] == i and (b["input_ids"][k, :lengths[i]] == i).all()
+                    seen[i] += 1
+                    visited.append(i)
+    assert seen == collections.Counter(range(37))
+    assert visited == order.tolist()
+
+    def padded(per_proc):
+        return sum(b["input_ids"].size for bs in per_proc for b in bs)
+
+    assert padded(per_proc) < padded(batches(None))
 
 
 def test_eval_transform_is_applied():

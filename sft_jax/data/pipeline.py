@@ -11,7 +11,8 @@ compiles one program per bucket:
 
 Sharding contract (train and eval): the order of one epoch (a seeded permutation π of the
 N examples for training — optionally sorted by length inside windows of a few batches,
-whose batches are then shuffled — the identity for eval) defines global batch s = π[s*G:(s+1)*G];
+whose batches are then shuffled — for eval the identity, or an `order` such as
+`length_order`'s, shortest first) defines global batch s = π[s*G:(s+1)*G];
 process p of P yields the local batch of G/P examples π[s*G + j] with j ≡ p (mod P). The
 union of all processes' local batches at step s is the global batch one process would see
 with P = 1, and each process only reads (and `transform`s) its own examples.
@@ -302,6 +303,15 @@ class TrainIterator:
         self._ds = None
 
 
+def length_order(features: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The positions of `features`, shortest first (by each example's longest sequence
+    field; stable): visited in this order, most eval batches pad to a small bucket.
+    [N] int64."""
+    lengths = [max((len(v) for v in ex.values() if np.ndim(v) == 1), default=0)
+               for ex in features]
+    return np.argsort(np.asarray(lengths, np.int64), kind="stable")
+
+
 def eval_batches(
     features: Sequence[Any],
     *,
@@ -311,19 +321,24 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     transform: Transform | None = None,
+    order: Sequence[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example exactly once, in order, as local batches of `batch_size / P` rows.
+    """Every example exactly once, as local batches of `batch_size / P` rows.
 
-    `batch_size` is the global eval batch size. Example i goes to process i % P (the
-    sharding contract with π = identity); every process yields ceil(N / batch_size)
-    batches, the last ones completed with filler rows (`example_mask` 0, `index` -1).
+    `batch_size` is the global eval batch size. The examples are visited in `order` (a
+    permutation of range(N), the same on every process; default: the identity), and the
+    i-th visited goes to process i % P (the sharding contract with π = order); every
+    process yields ceil(N / batch_size) batches, the last ones completed with filler rows
+    (`example_mask` 0, `index` -1). `index` is the example's position in `features`.
     """
     local = _local_batch_size(batch_size, process_count)
     n = len(features)
+    if order is not None and len(order) != n:
+        raise ValueError(f"order has {len(order)} entries for {n} features")
     like = None
     for s in range(math.ceil(n / batch_size)):
         positions = [s * batch_size + process_index + k * process_count for k in range(local)]
-        mine = [i for i in positions if i < n]
+        mine = [i if order is None else int(order[i]) for i in positions if i < n]
         examples = [features[i] for i in mine]
         if transform is not None:
             examples = [transform(ex) for ex in examples]
