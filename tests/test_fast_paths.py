@@ -1,6 +1,7 @@
 """The memory-saving paths against today's: blockwise attention (`model.attention`) vs the
-einsum + softmax one and vs transformers PyTorch, and LM losses over chunks of rows
-(`train.loss_chunk`) vs the one-shot loss, forward and gradients."""
+einsum + softmax one and vs transformers PyTorch, cuDNN attention vs the einsum one (on a
+GPU only), and LM losses over chunks of rows (`train.loss_chunk`) vs the one-shot loss,
+forward and gradients."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def _attention_case(seed, *, t, s, n, k, window=None, bias=False):
         (dict(t=37, s=37, n=4, k=2), 8),  # GQA, packed, padded; the last block is short
         # T5's bias, a sliding window, queries after a cache of keys
         (dict(t=5, s=21, n=2, k=2, window=5, bias=True), 4),
+        # one block (S <= block): the einsum path runs; the one-step blockwise loop gave
+        # NaN gradients with a bias under jit
+        (dict(t=5, s=21, n=2, k=2, window=5, bias=True), 512),
     ],
 )
 def test_blockwise_attention_matches_xla(shape, block):
@@ -111,6 +115,104 @@ def test_auto_chooses_blockwise_for_long_rows_without_a_bias():
     # a bias (T5) would be broadcast to [B, N, T, S] anyway: no memory saved
     assert attention.choose("auto", long_rows, keys, False, jnp.zeros((1, 2, 8, 1))) == "xla"
     assert attention.choose("blockwise", long_rows, 1, False) == "blockwise"
+
+
+ON_GPU = pytest.mark.skipif(jax.default_backend() != "gpu",
+                            reason="cuDNN attention runs on a GPU only")
+
+
+def assert_close_bf16(x, ref, what):
+    """bfloat16 results of two kernels: within 10% of the reference's largest magnitude
+    everywhere, 1% on average, and pointing the same way (cosine > 0.999)."""
+    x, ref = np.asarray(x, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    assert np.isfinite(x).all(), f"{what}: not finite"
+    scale = max(np.abs(ref).max(), 1e-6)
+    diff = np.abs(x - ref)
+    assert diff.max() <= 0.1 * scale, f"{what}: max |diff| {diff.max():.3g}, scale {scale:.3g}"
+    assert diff.mean() <= 0.01 * scale, f"{what}: mean |diff| {diff.mean():.3g}"
+    cosine = x @ ref / max(np.linalg.norm(x) * np.linalg.norm(ref), 1e-30)
+    assert cosine > 0.999, f"{what}: cosine {cosine:.6f}"
+
+
+@ON_GPU
+@pytest.mark.parametrize(
+    "shape",
+    [dict(t=38, s=38, n=4, k=2), dict(t=6, s=22, n=2, k=2, window=5, bias=True)],
+)
+def test_cudnn_attention_matches_xla(shape):
+    """bfloat16 forward and gradients, cuDNN against the einsum attention on the same
+    inputs. Compared on the query rows that see a key: a row that sees none is padding,
+    whose output no loss reads, but whose gradient must not be NaN."""
+    (q, k, v), mask, bias = _attention_case(0, **shape)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    seen = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # B T 1 1
+
+    def run(implementation):
+        def f(q, k, v):
+            return layers.dot_product_attention(q, k, v, mask=mask, bias=bias,
+                                                dtype=jnp.bfloat16,
+                                                implementation=implementation)
+
+        def loss(q, k, v):
+            return jnp.sum(jnp.where(seen, jnp.sin(f(q, k, v).astype(jnp.float32)), 0.0))
+
+        return f(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    (out, grads), (ref, ref_grads) = jax.jit(lambda: (run("cudnn"), run("xla")))()
+    rows = np.broadcast_to(np.asarray(seen), out.shape)
+    assert_close_bf16(np.asarray(out, np.float32)[rows], np.asarray(ref, np.float32)[rows],
+                      "output")
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
+        assert_close_bf16(np.asarray(g, np.float32), np.asarray(r, np.float32), f"d{name}")
+
+
+@ON_GPU
+def test_auto_chooses_cudnn_only_where_it_trains():
+    from sft_jax.models import attention
+
+    rows = jnp.zeros((1, 8, 4, 8), jnp.bfloat16)  # B T N H
+    assert attention.choose("auto", rows, 8, False) == "cudnn"
+    assert attention.choose("auto", rows[:, :7], 8, False) == "xla"  # odd query length
+    assert attention.choose("auto", rows, 7, False) == "xla"  # odd key length
+    assert attention.choose("auto", rows, 8, True) == "xla"  # attention dropout
+    assert attention.choose("auto", rows.astype(jnp.float32), 8, False) == "xla"
+
+
+@ON_GPU
+def test_llama_with_cudnn_attention_matches_xla(tmp_path):
+    """A tiny Llama in bfloat16 (float32 params): with `attention="auto"` (which picks
+    cuDNN on a GPU) its logits on the real tokens and the gradients of their log-softmax
+    equal those with the einsum attention, to bfloat16 rounding."""
+    config = transformers.LlamaConfig(**LLAMA)
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(config).eval()
+    randomize_weights(hf_model, 0, is_decoder_norm)
+    hf_model.save_pretrained(tmp_path, safe_serialization=True)
+    pre = load_pretrained(tmp_path)
+    ids = np.random.default_rng(1).integers(3, V, (2, 16))
+    mask = np.ones_like(ids)
+    mask[1, 10:] = 0
+    ids[mask == 0] = 0
+    real = jnp.asarray(mask.astype(bool))[..., None]  # B T 1
+
+    def run(implementation):
+        cfg = dataclasses.replace(pre.config, attention=implementation, dtype="bfloat16")
+        module = type(pre.module)(cfg)
+
+        def logits(params):
+            out = module.apply({"params": params}, ids, segment_ids=mask)["logits"]
+            return jnp.where(real, out.astype(jnp.float32), 0.0)
+
+        def loss(params):
+            return jnp.sum(jnp.where(real, jax.nn.log_softmax(logits(params)), 0.0))
+
+        return logits(pre.params), jax.grad(loss)(pre.params)
+
+    (out, grads), (ref, ref_grads) = jax.jit(lambda: (run("auto"), run("xla")))()
+    assert_close_bf16(out, ref, "logits")
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads),
+                            jax.tree.leaves(ref_grads), strict=True):
+        assert_close_bf16(g, r, jax.tree_util.keystr(path))
 
 
 LOSS_MODELS = {  # the heads: untied + soft-capped (decoders), tied + T5's scale,

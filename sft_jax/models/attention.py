@@ -9,14 +9,17 @@
                float32 rounding); dropout draws its own bits per block. An additive bias
                (T5's relative positions) is broadcast to [B, N, T, S] first (and, when
                it trains, so is its gradient): with a bias the scores' memory is not
-               saved, and `auto` does not choose it.
+               saved, and `auto` does not choose it. With one block (S <= block) the
+               `xla` path runs instead: it holds the same scores, and the one-step loop
+               gave NaN query and key gradients with a bias under jit (XLA:CPU, jax
+               0.10.2; `tests/test_fast_paths.py`).
     cudnn      `jax.nn.dot_product_attention(implementation="cudnn")`: cuDNN's fused
                (flash) attention, GPU only, float16/bfloat16, no attention dropout.
     auto       per call, from the backend and the shapes (`choose`): on CPU `xla` up to
                `CPU_BLOCKWISE_FROM` keys, `blockwise` from there (rows of more than one
                query, no bias); on GPU `cudnn` where it applies (float16/bfloat16, no
-               dropout, head size a multiple of 8 up to 128; not yet run on a GPU by the
-               tests), else `xla`; elsewhere `xla`.
+               dropout, head size a multiple of 8 up to 128, even query and key
+               lengths), else `xla`; elsewhere `xla`.
 
 Every implementation takes q [B, T, N, H], k/v [B, S, K, H] (N = K * G, query head n
 reads kv head n // G), a boolean mask and an additive bias broadcastable to [B, N, T, S],
@@ -56,10 +59,13 @@ def check_implementation(name: str, block: int, *, where: str = "model.attention
                              f"{jax.default_backend()}); use auto, xla or blockwise")
 
 
-def _cudnn_applies(query: Array, dropout: bool) -> bool:
-    h = query.shape[-1]
+def _cudnn_applies(query: Array, key_length: int, dropout: bool) -> bool:
+    """cuDNN's fused kernel: float16/bfloat16, no dropout, a head size that is a multiple
+    of 8 up to 128, and even query and key lengths (JAX refuses odd ones in training,
+    "Unsupported sequence length", seen on an H200 with jax 0.11.2)."""
+    t, h = query.shape[1], query.shape[-1]
     return (query.dtype in (jnp.bfloat16, jnp.float16) and not dropout
-            and h <= 128 and h % 8 == 0)
+            and h <= 128 and h % 8 == 0 and t % 2 == 0 and key_length % 2 == 0)
 
 
 def choose(name: str, query: Array, key_length: int, dropout: bool,
@@ -68,7 +74,7 @@ def choose(name: str, query: Array, key_length: int, dropout: bool,
     if name != "auto":
         return name
     backend = jax.default_backend()
-    if backend == "gpu" and _cudnn_applies(query, dropout):
+    if backend == "gpu" and _cudnn_applies(query, key_length, dropout):
         return "cudnn"
     if (backend == "cpu" and bias is None and query.shape[1] > 1
             and key_length >= CPU_BLOCKWISE_FROM):

@@ -318,7 +318,8 @@ def dot_product_attention(
     dropout = dropout_rng is not None and dropout_rate > 0.0
     implementation = attention_impl.choose(implementation, query, key.shape[1], dropout,
                                            bias)
-    if implementation == "blockwise":
+    if implementation == "blockwise" and key.shape[1] > block:
+        # (one block holds the whole [T, S] scores: the einsum path below runs instead)
         return attention_impl.blockwise_attention(
             query, key, value, mask=mask, bias=bias, scale=scale, block=block,
             dropout_rate=dropout_rate, dropout_rng=dropout_rng, dtype=dtype)
