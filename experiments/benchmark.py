@@ -7,7 +7,8 @@
     python -m experiments.benchmark --suite cpu --dtype bfloat16 --only train --out DIR
     python -m experiments.benchmark --suite smoke --replicas_model DIR --out OUT  # other model
 
-Writes `DIR/results.json` (schema below) and `DIR/results.md` (the same as tables).
+Writes `DIR/results.json` (schema below) and `DIR/results.md` (the same as tables), also
+after a Ctrl-C or `timeout -s INT` (what was measured, and an `interrupted` error).
 Every number comes from this one run; throughput is compared as ratios, ours/theirs.
 
 What runs (each suite's sizes, step counts and batches are in `SUITES`):
@@ -202,8 +203,9 @@ class Worker:
     """A `bench_worker` process; `call(op, **args)` -> its result (raises on error)."""
 
     def __init__(self, log_path: Path, threads: int) -> None:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
-                   TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+                   TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=path)
         self.log = log_path.open("a")
         self.threads = threads
         self.proc = subprocess.Popen(
@@ -522,6 +524,10 @@ def run_suite(name: str, out: Path, command: str, only: tuple[str, ...] = SECTIO
                 result["replicas"] += section(f"replicas {run['name']}", lambda run=run:
                                               bench_replicas.measure(
                     **run, ks=suite.replicas["ks"], tmp=tmp, log=out / "replicas.log")) or []
+    except KeyboardInterrupt:  # Ctrl-C (or `timeout -s INT`): keep what was measured
+        result["errors"].append("interrupted: the sections after the last one timed did "
+                                "not run")
+        print("[benchmark] interrupted: writing what was measured", file=sys.stderr)
     finally:
         pool.close()
     result["targets"] = bench_report.targets(result)
