@@ -75,13 +75,17 @@ def test_blockwise_attention_matches_xla(shape, block):
         np.testing.assert_allclose(g, r, atol=2e-5)
 
 
-def test_llama_with_blockwise_attention_matches_transformers(tmp_path):
-    config = transformers.LlamaConfig(**LLAMA)
+def tiny_llama(path):
+    """A random tiny transformers Llama, saved to `path`, and our model loaded from it."""
     torch.manual_seed(0)
-    hf_model = transformers.LlamaForCausalLM(config).eval()
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).eval()
     randomize_weights(hf_model, 0, is_decoder_norm)
-    hf_model.save_pretrained(tmp_path, safe_serialization=True)
-    pre = load_pretrained(tmp_path)
+    hf_model.save_pretrained(path, safe_serialization=True)
+    return hf_model, load_pretrained(path)
+
+
+def test_llama_with_blockwise_attention_matches_transformers(tmp_path):
+    hf_model, pre = tiny_llama(tmp_path)
     cfg = dataclasses.replace(pre.config, attention="blockwise", attention_block=4)
     module = type(pre.module)(cfg)
     ids = np.random.default_rng(1).integers(3, V, (2, 11))
@@ -183,12 +187,7 @@ def test_llama_with_cudnn_attention_matches_xla(tmp_path):
     """A tiny Llama in bfloat16 (float32 params): with `attention="auto"` (which picks
     cuDNN on a GPU) its logits on the real tokens and the gradients of their log-softmax
     equal those with the einsum attention, to bfloat16 rounding."""
-    config = transformers.LlamaConfig(**LLAMA)
-    torch.manual_seed(0)
-    hf_model = transformers.LlamaForCausalLM(config).eval()
-    randomize_weights(hf_model, 0, is_decoder_norm)
-    hf_model.save_pretrained(tmp_path, safe_serialization=True)
-    pre = load_pretrained(tmp_path)
+    _, pre = tiny_llama(tmp_path)
     ids = np.random.default_rng(1).integers(3, V, (2, 16))
     mask = np.ones_like(ids)
     mask[1, 10:] = 0
