@@ -263,11 +263,11 @@ def test_eval_in_length_order(procs):
     assert sorted(order.tolist()) == list(range(37))
     assert (np.diff(lengths[order]) >= 0).all()
     with pytest.raises(ValueError, match="order has 36 entries for 37 features"):
-        next(eval_batches(feats, batch_size=8, buckets=[4, 8, 16], pad_values=PAD,
+        next(eval_batches(feats, batch_size=8, buckets=BUCKETS, pad_values=PAD,
                           order=order[:-1]))
 
     def batches(order):
-        return [list(eval_batches(LazyFeatures(feats), batch_size=8, buckets=[4, 8, 16],
+        return [list(eval_batches(LazyFeatures(feats), batch_size=8, buckets=BUCKETS,
                                   pad_values=PAD, process_index=p, process_count=procs,
                                   order=order)) for p in range(procs)]
 
